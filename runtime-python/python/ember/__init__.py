@@ -1,0 +1,100 @@
+"""Ember's Python API for function handlers.
+
+    import ember
+
+    def handle(request, context):
+        if "input" not in request:
+            raise ember.FunctionError("INVALID_INPUT", "the request has no 'input'")
+        context.logger.info("working on %s", request["input"])
+        return {"result": request["input"]}
+
+The Ember watchdog has this module built in and registers it before it imports your
+handler, so `import ember` needs no installation in an Ember image. Installing it with pip
+(`pip install runtime-python/python`) is only for editors and for testing handlers without
+the watchdog; it behaves the same there, minus the log forwarding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+__all__ = ["Context", "FunctionError"]
+
+
+class FunctionError(Exception):
+    """Fails the invocation with a code of your choice (contract section 7).
+
+    `raise FunctionError("RATE_LIMITED", "try again in 10 s")` ends the invocation with
+    `{"code": "RATE_LIMITED", "error": "try again in 10 s"}` (HTTP 500 in warm mode), and
+    the same code in the callback. Any other exception becomes `HANDLER_ERROR`.
+    """
+
+    def __init__(self, code: str, message: str = "") -> None:
+        if not isinstance(code, str) or not code:
+            raise TypeError("FunctionError(code, message): code must be a non-empty str")
+        super().__init__(code, message)
+        self.code = code
+        self.message = str(message)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+
+class Context:
+    """What travels with one invocation; the second argument of `handle(request, context)`.
+
+    `attempt` is `X-Dispatch-Attempt` (1 when the control plane did not say),
+    `deadline_ms` the deadline as Unix milliseconds, `cold_start` true for the first
+    invocation after start-up. `logger` is a `logging.LoggerAdapter` whose records carry
+    the execution id and trace id, so the watchdog's log can tie them to this invocation.
+    """
+
+    __slots__ = (
+        "execution_id",
+        "trace_id",
+        "attempt",
+        "function_name",
+        "deadline_ms",
+        "cold_start",
+        "_logger",
+    )
+
+    def __init__(
+        self,
+        execution_id: str,
+        trace_id: Optional[str] = None,
+        attempt: int = 1,
+        function_name: str = "",
+        deadline_ms: int = 0,
+        cold_start: bool = False,
+    ) -> None:
+        self.execution_id = execution_id
+        self.trace_id = trace_id
+        self.attempt = attempt
+        self.function_name = function_name
+        self.deadline_ms = deadline_ms
+        self.cold_start = cold_start
+        self._logger: Optional[logging.LoggerAdapter] = None
+
+    def remaining_ms(self) -> int:
+        """Milliseconds left before the deadline; 0 once it has passed."""
+        return max(0, self.deadline_ms - time.time_ns() // 1_000_000)
+
+    @property
+    def logger(self) -> logging.LoggerAdapter:
+        # Built on first use: most handlers never log, and an adapter per call is not free.
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(
+                logging.getLogger(self.function_name or "function"),
+                {"execution_id": self.execution_id, "trace_id": self.trace_id},
+            )
+        return self._logger
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(execution_id={self.execution_id!r}, trace_id={self.trace_id!r}, "
+            f"attempt={self.attempt!r}, function_name={self.function_name!r}, "
+            f"deadline_ms={self.deadline_ms!r}, cold_start={self.cold_start!r})"
+        )

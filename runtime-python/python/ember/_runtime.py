@@ -1,0 +1,230 @@
+"""The Python half of Ember's in-process runtime; not part of the handler API.
+
+The Rust half (`runtime-python`) registers `ember._native` and then runs this module. Each
+piece here is called from Rust: `install` once before the handler is imported, `load` to
+import it, `AsyncRunner` once per worker thread, `describe` and `format_traceback` when a
+handler raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import io
+import logging
+import os
+import sys
+import traceback
+
+from ember import FunctionError
+
+_native = sys.modules.get("ember._native")
+
+_STDOUT, _STDERR = 1, 2
+
+
+class _Stream(io.TextIOBase):
+    """sys.stdout and sys.stderr while Ember runs: text goes to the watchdog's log.
+
+    The native side buffers per OS thread and forwards each complete line with the
+    execution id of the invocation that thread is running (contract section 10). Nothing
+    reaches file descriptor 1, which in one-shot mode carries only the result line.
+    """
+
+    def __init__(self, name: str, stream: int) -> None:
+        super().__init__()
+        self._name = name
+        self._stream = stream
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return "strict"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        _native.write(self._stream, s)
+        return len(s)
+
+    def flush(self) -> None:
+        # Partial lines are sent when the invocation ends, so that print(..., end="")
+        # pieces stay one line in the log.
+        pass
+
+
+class _LogHandler(logging.Handler):
+    """Root handler: each record becomes one watchdog log event at the mapped level.
+
+    Records from `context.logger` carry their execution id; any other record logged on a
+    worker thread gets the id of the invocation that thread is running.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _native.log(
+                record.levelno,
+                record.name,
+                self.format(record),
+                getattr(record, "execution_id", None),
+                getattr(record, "trace_id", None),
+            )
+        except Exception:
+            self.handleError(record)
+
+
+def install(level: int) -> None:
+    """Routes print() and logging to the watchdog's log; `level` mirrors LOG_LEVEL."""
+    sys.stdout = _Stream("<stdout>", _STDOUT)
+    sys.stderr = _Stream("<stderr>", _STDERR)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, _LogHandler):
+            root.removeHandler(h)
+    root.addHandler(_LogHandler())
+    root.setLevel(level)
+
+
+def arity(func) -> int:
+    """How many arguments the handler takes: 1 (request) or 2 (request, context)."""
+    name = getattr(func, "__qualname__", None) or repr(func)
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return 1  # uninspectable (some builtins): the contract's basic form
+    positional = required = 0
+    varargs = False
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+            required += p.default is p.empty
+        elif p.kind is p.VAR_POSITIONAL:
+            varargs = True
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            raise TypeError(
+                f"{name}() has a required keyword-only parameter {p.name!r}; "
+                "a handler is handle(request) or handle(request, context)"
+            )
+    if required > 2:
+        raise TypeError(
+            f"{name}() requires {required} arguments; "
+            "a handler is handle(request) or handle(request, context)"
+        )
+    if positional == 0 and not varargs:
+        raise TypeError(
+            f"{name}() takes no arguments; "
+            "a handler is handle(request) or handle(request, context)"
+        )
+    return 2 if varargs or positional >= 2 else 1
+
+
+def load(path: str, module: str, function: str):
+    """Imports HANDLER_MODULE from HANDLER_PATH; returns (func, arity, is_coroutine_function)."""
+    path = os.path.abspath(path or ".")
+    if path in sys.path:
+        sys.path.remove(path)
+    sys.path.insert(0, path)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module == e.name or module.startswith(e.name + ".")):
+            raise ModuleNotFoundError(
+                f"{e} (HANDLER_MODULE={module}, HANDLER_PATH={path})", name=e.name
+            ) from None
+        raise
+    try:
+        func = getattr(mod, function)
+    except AttributeError:
+        raise AttributeError(
+            f"module {module!r} has no attribute {function!r} (HANDLER_FUNCTION={function})"
+        ) from None
+    if not callable(func):
+        raise TypeError(
+            f"{module}.{function} is not callable (it is of type {type(func).__name__}; "
+            f"HANDLER_FUNCTION={function})"
+        )
+    return func, arity(func), inspect.iscoroutinefunction(func)
+
+
+class AsyncRunner:
+    """A worker thread's event loop, created on its first async call and reused."""
+
+    __slots__ = ("loop", "task", "seq")
+
+    def __init__(self) -> None:
+        self.loop = None
+        self.task = None
+        self.seq = 0
+
+    def run(self, coro, seq: int = 0):
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+        task = self.task = loop.create_task(coro)
+        self.seq = seq
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                # The loop itself was interrupted (the deadline's TimeoutError landed
+                # outside the task). Leave that loop behind; the next call gets a new one.
+                self.loop = None
+                asyncio.set_event_loop(None)
+                task.cancel()
+                loop.close()
+            raise
+        finally:
+            self.task = None
+
+    def cancel(self, seq: int) -> None:
+        """Called from another thread at the deadline of invocation `seq`: cancel its task.
+
+        call_soon_threadsafe wakes the loop even while it waits in select(), which the
+        asynchronous TimeoutError alone would not do. `seq` guards against cancelling the
+        next invocation's task if this one ended meanwhile.
+        """
+        task, loop = self.task, self.loop
+        if task is not None and self.seq == seq and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
+
+def _type_name(t: type) -> str:
+    if t.__module__ in ("builtins", "__main__"):
+        return t.__qualname__
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def describe(exc: BaseException):
+    """(code, message): FunctionError's own code, else (None, "<Type>: <message>")."""
+    if isinstance(exc, FunctionError):
+        return exc.code, _one_line(exc.message)
+    try:
+        text = _one_line(str(exc))
+    except Exception:
+        text = "<exception str() failed>"
+    name = _type_name(type(exc))
+    return None, f"{name}: {text}" if text else name
+
+
+def format_traceback(exc: BaseException, tb=None) -> str:
+    tb = tb if tb is not None else exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()

@@ -1,0 +1,151 @@
+//! Ember's in-process Python runtime: a [`Handler`] that embeds CPython (pyo3), imports
+//! `HANDLER_MODULE` from `HANDLER_PATH` and calls `HANDLER_FUNCTION` per invocation
+//! (contract sections 2, 3 and 9).
+//!
+//! - [`threads`]: `slots` dedicated Python threads fed by one queue; tokio only awaits.
+//! - [`convert`]: JSON values to Python objects and back, walked directly.
+//! - `errors`: exceptions to contract codes; `logs`: handler output to the watchdog's log.
+//! - `embed`: the `ember` package (`python/ember/`), compiled in.
+//!
+//! ```no_run
+//! use runtime_python::{PythonConfig, PythonHandler};
+//! use runtime_sdk::{Handler, Invocation};
+//! # async fn demo() {
+//! let handler = PythonHandler::new(PythonConfig {
+//!     module: "handler".into(),
+//!     function: "handle".into(),
+//!     path: "/app".into(),
+//!     slots: 4,
+//!     kill_grace: std::time::Duration::from_millis(100),
+//!     function_name: "echo".into(),
+//! });
+//! handler.start().await.expect("loads");
+//! let inv = Invocation::new("e1", serde_json::json!({"input": 1}), std::time::Duration::from_secs(5));
+//! let output = handler.invoke(inv).await;
+//! # }
+//! ```
+
+pub mod convert;
+mod embed;
+mod errors;
+mod logs;
+mod threads;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use runtime_sdk::{BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult};
+
+use crate::threads::Pool;
+
+/// What the watchdog's configuration decides for the `PYTHON` runner.
+#[derive(Debug, Clone)]
+pub struct PythonConfig {
+    /// `HANDLER_MODULE`, dotted (`pkg.sub`) or not.
+    pub module: String,
+    /// `HANDLER_FUNCTION`.
+    pub function: String,
+    /// `HANDLER_PATH`: put first on `sys.path` before the import.
+    pub path: PathBuf,
+    /// Python threads, one per concurrency slot (`MAX_CONCURRENCY`).
+    pub slots: usize,
+    /// `KILL_GRACE_MS`: how long past its deadline a handler may run before `/health`
+    /// reports the runtime unhealthy.
+    pub kill_grace: Duration,
+    /// `FUNCTION_NAME`, for `context.function_name` when an invocation has none.
+    pub function_name: String,
+}
+
+enum State {
+    NotStarted,
+    Loading,
+    Ready,
+    /// The load error, returned by every invocation and reported by `health()`.
+    Failed(InvokeError),
+}
+
+/// The `PYTHON` runner.
+pub struct PythonHandler {
+    pool: Arc<Pool>,
+    state: Mutex<State>,
+}
+
+impl PythonHandler {
+    pub fn new(cfg: PythonConfig) -> Self {
+        PythonHandler {
+            pool: Pool::new(cfg),
+            state: Mutex::new(State::NotStarted),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Handler for PythonHandler {
+    fn mode(&self) -> &'static str {
+        "PYTHON"
+    }
+
+    /// Starts the threads and imports the handler on one of them; the awaiting task
+    /// never blocks its tokio worker.
+    fn start(&self) -> BoxFuture<'_, InvokeResult> {
+        Box::pin(async move {
+            {
+                let mut state = self.state();
+                match &*state {
+                    State::Ready => return Ok(serde_json::Value::Null),
+                    State::Failed(e) => return Err(e.clone()),
+                    State::Loading => {
+                        return Err(InvokeError::new(
+                            ErrorCode::NotReady,
+                            "the Python handler is already loading",
+                        ))
+                    }
+                    State::NotStarted => *state = State::Loading,
+                }
+            }
+            let loaded = self.pool.start().await;
+            *self.state() = match &loaded {
+                Ok(()) => State::Ready,
+                Err(e) => State::Failed(e.clone()),
+            };
+            loaded.map(|()| serde_json::Value::Null)
+        })
+    }
+
+    fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult> {
+        Box::pin(async move {
+            match &*self.state() {
+                State::Ready => {}
+                State::Failed(e) => return Err(e.clone()),
+                State::NotStarted | State::Loading => {
+                    return Err(InvokeError::new(
+                        ErrorCode::NotReady,
+                        "the Python handler is not loaded yet",
+                    ))
+                }
+            }
+            self.pool.invoke(inv).await
+        })
+    }
+
+    fn health(&self) -> Health {
+        match &*self.state() {
+            State::NotStarted | State::Loading => Health::Starting,
+            State::Failed(e) => Health::Unhealthy(e.message.clone()),
+            State::Ready => match self.pool.stuck() {
+                Some(reason) => Health::Unhealthy(reason),
+                None => Health::Ready,
+            },
+        }
+    }
+
+    /// Closes the job queue so the threads exit; waits at most `max(kill_grace, 500 ms)`
+    /// for them, so a stuck handler cannot hold up the exit.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.pool.shutdown().await })
+    }
+}

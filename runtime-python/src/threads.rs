@@ -1,0 +1,580 @@
+//! Dedicated Python threads, granian style.
+//!
+//! `slots` OS threads attach to the interpreter once and take jobs from one shared queue.
+//! While a thread waits it is detached (GIL released), so idle threads cost the running
+//! ones nothing; a job runs with the GIL and answers through a tokio `oneshot`. tokio
+//! worker threads never touch Python: they queue a job and await its answer.
+//!
+//! Deadlines: the awaiting side gives up at the deadline (that is what makes
+//! `invoke` end on time whatever Python does), and a short-lived `ember-py-deadline`
+//! thread then stops the handler: `TimeoutError` raised in its thread with
+//! `PyThreadState_SetAsyncExc`, or, for a coroutine, its task cancelled on the
+//! thread's event loop. A handler still running `kill_grace` after its deadline makes
+//! [`Pool::stuck`] report it, which `health()` turns into `Unhealthy`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::{ffi, intern};
+use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult};
+use tokio::sync::oneshot;
+
+use crate::embed::{self, Runtime};
+use crate::{convert, errors, logs, PythonConfig};
+
+/// Worker stack: CPython's main thread gets 8 MiB; so do these, so deep recursion in a
+/// handler hits RecursionError, not a segfault. Only touched pages count as memory.
+const STACK_SIZE: usize = 8 << 20;
+
+/// The loaded handler, shared by every thread.
+pub(crate) struct Loaded {
+    rt: &'static Runtime,
+    func: Py<PyAny>,
+    takes_context: bool,
+    is_async: bool,
+}
+
+enum Job {
+    /// Initialise `ember`, import the module, find the function.
+    Load(oneshot::Sender<Result<(), InvokeError>>),
+    Invoke(Call),
+}
+
+struct Call {
+    seq: u64,
+    inv: Invocation,
+    reply: oneshot::Sender<InvokeResult>,
+}
+
+/// One worker thread, as the deadline thread and `health()` see it.
+struct Slot {
+    name: String,
+    /// `threading.get_ident()` of the thread, the id `PyThreadState_SetAsyncExc` takes.
+    ident: AtomicU64,
+    /// The invocation this thread runs. Locked only briefly and never across a Python
+    /// call (a Python call may release the GIL, and a thread waiting for this lock while
+    /// holding the GIL would deadlock with one waiting for the GIL while holding it).
+    running: Mutex<Option<Running>>,
+    /// This thread's `AsyncRunner`, made on its first coroutine.
+    runner: OnceLock<Py<PyAny>>,
+}
+
+struct Running {
+    seq: u64,
+    execution_id: String,
+    deadline: Instant,
+    is_async: bool,
+    /// Set by the deadline thread; the worker then clears any exception still pending.
+    interrupted: bool,
+}
+
+pub(crate) struct Pool {
+    cfg: PythonConfig,
+    /// `None` once shut down: dropping the sender is what ends the threads' loops.
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    slots: OnceLock<Vec<Arc<Slot>>>,
+    loaded: OnceLock<Loaded>,
+    /// Closes when every thread has exited (each holds a sender).
+    exited: Mutex<Option<tokio::sync::mpsc::Receiver<()>>>,
+    next_seq: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Pool {
+    pub(crate) fn new(cfg: PythonConfig) -> Arc<Pool> {
+        Arc::new(Pool {
+            cfg,
+            queue: Mutex::new(None),
+            slots: OnceLock::new(),
+            loaded: OnceLock::new(),
+            exited: Mutex::new(None),
+            next_seq: AtomicU64::new(1),
+        })
+    }
+
+    /// `module.function`, for messages.
+    fn label(&self) -> String {
+        format!("{}.{}", self.cfg.module, self.cfg.function)
+    }
+
+    /// Spawns the threads, then has one of them import the handler.
+    pub(crate) async fn start(self: &Arc<Pool>) -> Result<(), InvokeError> {
+        self.spawn()?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Load(tx))?;
+        rx.await.unwrap_or_else(|_| {
+            Err(InvokeError::new(
+                ErrorCode::HandlerLoadError,
+                "the Python thread loading the handler ended without an answer",
+            ))
+        })
+    }
+
+    fn spawn(self: &Arc<Pool>) -> Result<(), InvokeError> {
+        let count = self.cfg.slots.max(1);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let (alive_tx, alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut slots = Vec::with_capacity(count);
+        for i in 0..count {
+            let slot = Arc::new(Slot {
+                name: format!("ember-py-{i}"),
+                ident: AtomicU64::new(0),
+                running: Mutex::new(None),
+                runner: OnceLock::new(),
+            });
+            let (pool, rx, alive) = (Arc::clone(self), Arc::clone(&rx), alive_tx.clone());
+            let worker_slot = Arc::clone(&slot);
+            thread::Builder::new()
+                .name(slot.name.clone())
+                .stack_size(STACK_SIZE)
+                .spawn(move || pool.worker(&worker_slot, &rx, alive))
+                .map_err(|e| {
+                    InvokeError::new(
+                        ErrorCode::HandlerLoadError,
+                        format!("could not start Python thread {i}: {e}"),
+                    )
+                })?;
+            slots.push(slot);
+        }
+        let _ = self.slots.set(slots);
+        *lock(&self.queue) = Some(tx);
+        *lock(&self.exited) = Some(alive_rx);
+        Ok(())
+    }
+
+    fn send(&self, job: Job) -> Result<(), InvokeError> {
+        let queue = lock(&self.queue);
+        let sent = queue.as_ref().map(|q| q.send(job).is_ok()).unwrap_or(false);
+        if sent {
+            Ok(())
+        } else {
+            Err(InvokeError::new(
+                ErrorCode::Cancelled,
+                "the Python runtime has shut down",
+            ))
+        }
+    }
+
+    /// Runs one invocation on a Python thread; ends by the deadline whatever Python does.
+    pub(crate) async fn invoke(self: &Arc<Pool>, inv: Invocation) -> InvokeResult {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let deadline = inv.deadline;
+        let mut pending = Pending {
+            pool: self,
+            seq,
+            execution_id: inv.execution_id.clone(),
+            deadline,
+            done: false,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Invoke(Call {
+            seq,
+            inv,
+            reply: tx,
+        }))?;
+        let answer = tokio::time::timeout_at(deadline.into(), rx).await;
+        match answer {
+            Ok(Ok(result)) => {
+                pending.done = true;
+                result
+            }
+            Ok(Err(_)) => {
+                pending.done = true;
+                Err(InvokeError::new(
+                    ErrorCode::HandlerError,
+                    "the Python thread ended without a result",
+                ))
+            }
+            // `pending` drops undone: the deadline thread stops the handler.
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    fn timeout_error(&self) -> InvokeError {
+        InvokeError::new(
+            ErrorCode::Timeout,
+            format!("{} did not return before its deadline", self.label()),
+        )
+    }
+
+    /// The invocation a thread has kept past its deadline plus `kill_grace`, if any.
+    pub(crate) fn stuck(&self) -> Option<String> {
+        let grace = self.cfg.kill_grace;
+        let now = Instant::now();
+        for slot in self.slots.get()? {
+            if let Some(r) = lock(&slot.running).as_ref() {
+                if now > r.deadline + grace {
+                    return Some(format!(
+                        "handler for {} did not stop within {} ms after its deadline \
+                         (thread {} is still busy; a handler blocked in C code, such as \
+                         time.sleep, sees TimeoutError only when that call returns)",
+                        r.execution_id,
+                        grace.as_millis(),
+                        slot.name
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Closes the queue; waits a little for the threads, never for a stuck one.
+    pub(crate) async fn shutdown(&self) {
+        drop(lock(&self.queue).take());
+        let Some(mut exited) = lock(&self.exited).take() else {
+            return;
+        };
+        let wait = self.cfg.kill_grace.max(Duration::from_millis(500));
+        if tokio::time::timeout(wait, exited.recv()).await.is_err() {
+            let busy: Vec<String> = self
+                .slots
+                .get()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| lock(&s.running).as_ref().map(|r| r.execution_id.clone()))
+                .collect();
+            tracing::warn!(
+                busy = ?busy,
+                "Python threads still running at shutdown after {} ms; leaving them",
+                wait.as_millis()
+            );
+        }
+    }
+
+    // ---- on the Python threads ----
+
+    fn worker(
+        self: Arc<Pool>,
+        slot: &Slot,
+        rx: &Mutex<mpsc::Receiver<Job>>,
+        _alive: tokio::sync::mpsc::Sender<()>,
+    ) {
+        // The first thread here initialises the interpreter (signal handlers left to the
+        // watchdog); the others wait for it inside initialize().
+        Python::initialize();
+        Python::attach(|py| {
+            match thread_ident(py) {
+                Ok(id) => slot.ident.store(id, Ordering::Relaxed),
+                Err(e) => tracing::warn!(thread = %slot.name, "no Python thread id: {e}"),
+            }
+            loop {
+                // Detached while waiting: the lock and the recv both block.
+                let job = py.detach(|| lock(rx).recv());
+                let Ok(job) = job else { break };
+                let outcome = catch_unwind(AssertUnwindSafe(|| match job {
+                    Job::Load(reply) => {
+                        let _ = reply.send(self.load(py));
+                    }
+                    Job::Invoke(call) => self.run(py, slot, call),
+                }));
+                if outcome.is_err() {
+                    // A dropped reply tells the caller; the thread keeps serving.
+                    tracing::error!(thread = %slot.name, "panic in the Python runtime; job abandoned");
+                }
+            }
+        });
+    }
+
+    fn load(&self, py: Python<'_>) -> Result<(), InvokeError> {
+        let rt = embed::install(py).map_err(|e| errors::load_error(py, None, &e))?;
+        let path = self.cfg.path.to_string_lossy().into_owned();
+        let found = rt
+            .load
+            .bind(py)
+            .call1((path, &self.cfg.module, &self.cfg.function))
+            .and_then(|t| t.extract::<(Py<PyAny>, u8, bool)>());
+        let (func, arity, is_async) = match found {
+            Ok(found) => found,
+            Err(e) => return Err(errors::load_error(py, Some(rt), &e)),
+        };
+        tracing::info!(
+            module = %self.cfg.module,
+            function = %self.cfg.function,
+            params = arity,
+            is_async,
+            threads = self.cfg.slots.max(1),
+            "python handler loaded"
+        );
+        let _ = self.loaded.set(Loaded {
+            rt,
+            func,
+            takes_context: arity == 2,
+            is_async,
+        });
+        Ok(())
+    }
+
+    fn run(&self, py: Python<'_>, slot: &Slot, call: Call) {
+        let Call { seq, inv, reply } = call;
+        let Some(loaded) = self.loaded.get() else {
+            let _ = reply.send(Err(InvokeError::new(
+                ErrorCode::NotReady,
+                "the Python handler is not loaded",
+            )));
+            return;
+        };
+        // Mark the slot busy before looking at the caller, so the deadline thread (which
+        // looks only after the caller is gone) either finds this job or finds it skipped.
+        let busy = Busy::begin(slot, seq, &inv, loaded.is_async);
+        if reply.is_closed() {
+            tracing::debug!(execution_id = %inv.execution_id, "skipped: its caller is gone");
+            return;
+        }
+        if Instant::now() >= inv.deadline {
+            let _ = reply.send(Err(self.timeout_error()));
+            return;
+        }
+        let result = self.call(py, slot, loaded, seq, &inv, busy);
+        let _ = reply.send(result);
+    }
+
+    fn call(
+        &self,
+        py: Python<'_>,
+        slot: &Slot,
+        loaded: &Loaded,
+        seq: u64,
+        inv: &Invocation,
+        busy: Busy<'_>,
+    ) -> InvokeResult {
+        let request = convert::to_py(py, &inv.payload).map_err(|e| {
+            InvokeError::new(
+                ErrorCode::InvalidRequest,
+                format!("the payload cannot be passed to Python: {e}"),
+            )
+        })?;
+        logs::begin_call(&inv.execution_id, inv.trace_id.as_deref());
+        let func = loaded.func.bind(py);
+        let out = if loaded.takes_context {
+            self.context(py, loaded, inv)
+                .and_then(|ctx| func.call1((request, ctx)))
+        } else {
+            func.call1((request,))
+        };
+        let out = out.and_then(|obj| {
+            // Also catches a plain def that returns a coroutine (a wrapped async def).
+            if loaded.is_async || unsafe { ffi::PyCoro_CheckExact(obj.as_ptr()) } != 0 {
+                busy.mark_async();
+                runner(py, slot, loaded.rt)?.call_method1(intern!(py, "run"), (obj, seq))
+            } else {
+                Ok(obj)
+            }
+        });
+        let interrupted = busy.finish(py);
+        logs::end_call();
+        match out {
+            Ok(obj) => convert::from_py(&obj).map_err(|e| {
+                tracing::warn!(
+                    execution_id = %inv.execution_id,
+                    trace_id = inv.trace_id.as_deref(),
+                    "handler returned a value that is not JSON: {e}"
+                );
+                InvokeError::new(
+                    ErrorCode::OutputSerializationError,
+                    format!("the return value is not JSON-serialisable: {e}"),
+                )
+            }),
+            Err(err) => Err(errors::handler_error(py, loaded.rt, &err, inv, interrupted)),
+        }
+    }
+
+    fn context<'py>(
+        &self,
+        py: Python<'py>,
+        loaded: &Loaded,
+        inv: &Invocation,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let function_name = if inv.function_name.is_empty() {
+            self.cfg.function_name.as_str()
+        } else {
+            inv.function_name.as_str()
+        };
+        loaded.rt.context.bind(py).call1((
+            inv.execution_id.as_str(),
+            inv.trace_id.as_deref(),
+            inv.attempt.unwrap_or(1),
+            function_name,
+            inv.deadline_unix_ms,
+            inv.cold_start,
+        ))
+    }
+
+    // ---- at the deadline ----
+
+    /// Stops invocation `seq` once its deadline has come, on a thread of its own: it
+    /// needs the GIL, which a tokio worker must never wait for.
+    fn interrupt_later(self: &Arc<Pool>, seq: u64, execution_id: String, deadline: Instant) {
+        let pool = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name("ember-py-deadline".into())
+            .spawn(move || pool.interrupt(seq, &execution_id, deadline));
+        if let Err(e) = spawned {
+            tracing::error!("could not start the thread that stops timed-out handlers: {e}");
+        }
+    }
+
+    fn interrupt(&self, seq: u64, execution_id: &str, deadline: Instant) {
+        // A caller that went away early (client gone) leaves the handler its full time.
+        thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        let grace = self.cfg.kill_grace;
+        let Some(slot) = self.slot_running(seq) else {
+            return; // finished, or still queued (it will be skipped)
+        };
+        let Some(is_async) = Python::try_attach(|py| raise_in(py, &slot, seq, false)).flatten()
+        else {
+            return;
+        };
+        if is_async {
+            // A cancelled task normally ends within a few ms; one blocked in synchronous
+            // code never sees the cancellation, so it gets the TimeoutError too.
+            thread::sleep((grace / 2).clamp(Duration::from_millis(10), Duration::from_millis(250)));
+            if self.slot_running(seq).is_some() {
+                Python::try_attach(|py| raise_in(py, &slot, seq, true));
+            }
+        }
+        thread::sleep((deadline + grace).saturating_duration_since(Instant::now()));
+        if self.slot_running(seq).is_some() {
+            tracing::error!(
+                execution_id,
+                thread = %slot.name,
+                "handler did not stop within {} ms after its deadline; /health reports \
+                 unhealthy until it returns",
+                grace.as_millis()
+            );
+        }
+    }
+
+    fn slot_running(&self, seq: u64) -> Option<&Slot> {
+        self.slots.get()?.iter().map(|s| &**s).find(|s| {
+            lock(&s.running)
+                .as_ref()
+                .is_some_and(|r| r.seq == seq)
+        })
+    }
+}
+
+/// Interrupts invocation `seq` if `slot` still runs it: cancels its task (a coroutine,
+/// first try) or raises `TimeoutError` in its thread. Returns whether it was async;
+/// `None` if the job had ended. Runs with the GIL, which is what orders it against the
+/// worker's own [`Busy::finish`].
+fn raise_in(py: Python<'_>, slot: &Slot, seq: u64, force_exception: bool) -> Option<bool> {
+    let is_async = {
+        let mut running = lock(&slot.running);
+        let r = running.as_mut().filter(|r| r.seq == seq)?;
+        r.interrupted = true;
+        r.is_async
+    };
+    if is_async && !force_exception {
+        if let Some(runner) = slot.runner.get() {
+            // Python code: called without the slot lock (see `Slot::running`).
+            if let Err(e) = runner.bind(py).call_method1(intern!(py, "cancel"), (seq,)) {
+                tracing::warn!("could not cancel the handler's task: {e}");
+            }
+            return Some(true);
+        }
+    }
+    let ident = slot.ident.load(Ordering::Relaxed);
+    // SAFETY: called with the GIL held; `ident` is the worker's thread id and the
+    // exception type is a borrowed static. Between the check above and here no Python
+    // code runs, so the GIL was not released and the worker is still in job `seq`.
+    unsafe {
+        ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError);
+    }
+    Some(is_async)
+}
+
+fn runner<'py>(py: Python<'py>, slot: &Slot, rt: &Runtime) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(r) = slot.runner.get() {
+        return Ok(r.bind(py).clone());
+    }
+    let r = rt.async_runner.bind(py).call0()?;
+    let _ = slot.runner.set(r.clone().unbind());
+    Ok(r)
+}
+
+fn thread_ident(py: Python<'_>) -> PyResult<u64> {
+    py.import(intern!(py, "threading"))?
+        .getattr(intern!(py, "get_ident"))?
+        .call0()?
+        .extract()
+}
+
+/// The slot's claim on a job: set before the call, cleared after, and cleared on
+/// unwinding too, so a panic cannot leave the slot looking busy (and /health unhealthy).
+struct Busy<'a> {
+    slot: &'a Slot,
+}
+
+impl<'a> Busy<'a> {
+    fn begin(slot: &'a Slot, seq: u64, inv: &Invocation, is_async: bool) -> Busy<'a> {
+        *lock(&slot.running) = Some(Running {
+            seq,
+            execution_id: inv.execution_id.clone(),
+            deadline: inv.deadline,
+            is_async,
+            interrupted: false,
+        });
+        Busy { slot }
+    }
+
+    fn mark_async(&self) {
+        if let Some(r) = lock(&self.slot.running).as_mut() {
+            r.is_async = true;
+        }
+    }
+
+    /// Ends the claim; returns whether the deadline thread interrupted this job, after
+    /// dropping any `TimeoutError` it raised that the handler never reached (it would
+    /// otherwise fire in the thread's next job).
+    fn finish(self, _py: Python<'_>) -> bool {
+        let interrupted = lock(&self.slot.running)
+            .take()
+            .is_some_and(|r| r.interrupted);
+        if interrupted {
+            let ident = self.slot.ident.load(Ordering::Relaxed);
+            // SAFETY: GIL held (the `_py` token); a NULL exception clears a pending one.
+            unsafe {
+                ffi::PyThreadState_SetAsyncExc(ident as _, std::ptr::null_mut());
+            }
+        }
+        std::mem::forget(self);
+        interrupted
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        lock(&self.slot.running).take();
+        logs::end_call();
+    }
+}
+
+/// An invocation whose caller may stop waiting. Dropped before it is `done` (the
+/// deadline passed, or the caller's future was dropped), it has the handler stopped.
+struct Pending<'a> {
+    pool: &'a Arc<Pool>,
+    seq: u64,
+    execution_id: String,
+    deadline: Instant,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.pool.interrupt_later(
+                self.seq,
+                std::mem::take(&mut self.execution_id),
+                self.deadline,
+            );
+        }
+    }
+}

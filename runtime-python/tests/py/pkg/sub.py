@@ -1,0 +1,2 @@
+def main(request):
+    return {"from": __name__, "request": request}

@@ -1,0 +1,85 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// One call of the function: the payload and what the contract says travels
+/// with it (section 4 headers, section 9 context).
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub execution_id: String,
+    pub trace_id: Option<String>,
+    /// W3C trace context, forwarded as is.
+    pub traceparent: Option<String>,
+    /// `X-Dispatch-Attempt`, a positive integer.
+    pub attempt: Option<u32>,
+    pub idempotency_key: Option<String>,
+    /// When the invocation must have ended; queued time counts against it.
+    pub deadline: Instant,
+    /// The deadline as Unix milliseconds, for runners that hand it to another
+    /// process (the `LOOP` protocol, Python's `context.deadline_ms`).
+    pub deadline_unix_ms: u64,
+    /// True for the first invocation after start-up.
+    pub cold_start: bool,
+    pub function_name: String,
+    /// Any JSON value, passed through unchanged (section 3).
+    pub payload: Value,
+    /// Extra headers an `HTTP` runtime should see (lower-case names).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Invocation {
+    /// A new invocation whose deadline is `timeout` from now.
+    pub fn new(execution_id: impl Into<String>, payload: Value, timeout: Duration) -> Self {
+        Invocation {
+            execution_id: execution_id.into(),
+            trace_id: None,
+            traceparent: None,
+            attempt: None,
+            idempotency_key: None,
+            deadline: Instant::now() + timeout,
+            deadline_unix_ms: unix_ms_in(timeout),
+            cold_start: false,
+            function_name: String::new(),
+            payload,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// Moves the deadline earlier (never later) to `timeout` from now.
+    pub fn shorten_deadline(&mut self, timeout: Duration) {
+        let candidate = Instant::now() + timeout;
+        if candidate < self.deadline {
+            self.deadline = candidate;
+            self.deadline_unix_ms = unix_ms_in(timeout);
+        }
+    }
+
+    /// Time left before the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+fn unix_ms_in(d: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + d).as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_only_moves_earlier() {
+        let mut inv = Invocation::new("e1", Value::Null, Duration::from_secs(10));
+        let before = inv.deadline;
+        inv.shorten_deadline(Duration::from_secs(60));
+        assert_eq!(inv.deadline, before);
+        inv.shorten_deadline(Duration::from_millis(100));
+        assert!(inv.deadline < before);
+        assert!(inv.remaining() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,20 @@
+//! The Ember contract (`CONTRACT.md`) as types, with no I/O.
+//!
+//! Every runner — a child process, the embedded Python runtime, a Rust
+//! function — implements [`Handler`]; the watchdog's modes only ever talk to
+//! that trait.
+
+mod error;
+mod handler;
+mod invocation;
+pub mod names;
+
+pub use error::{ErrorCode, InvokeError};
+pub use handler::{BoxFuture, Handler, Health};
+pub use invocation::Invocation;
+
+/// A function's output: any JSON value.
+pub type Output = serde_json::Value;
+
+/// What one invocation ends with.
+pub type InvokeResult = Result<Output, InvokeError>;

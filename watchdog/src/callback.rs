@@ -1,0 +1,255 @@
+//! Posting results to the control plane (contract section 6): one pooled
+//! client, exponential backoff with jitter on retryable failures, the same
+//! `Idempotency-Key` on every attempt.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use runtime_sdk::names::header;
+use runtime_sdk::{Invocation, InvokeResult};
+use serde_json::{json, Value};
+use tokio_util::task::TaskTracker;
+
+use crate::config::CallbackConfig;
+use crate::metrics::Metrics;
+
+/// `{CALLBACK_URL}/{EXECUTION_ID}:complete`; a URL already ending in
+/// `:complete` is used as is, a trailing `/` dropped.
+pub fn complete_url(base: &url::Url, execution_id: &str) -> Result<url::Url, String> {
+    let text = base.as_str().trim_end_matches('/');
+    if text.ends_with(":complete") {
+        return url::Url::parse(text).map_err(|e| e.to_string());
+    }
+    let id: String = url::form_urlencoded::byte_serialize(execution_id.as_bytes()).collect();
+    url::Url::parse(&format!("{text}/{id}:complete")).map_err(|e| e.to_string())
+}
+
+/// The callback body (section 6).
+pub fn result_body(result: &InvokeResult) -> Value {
+    match result {
+        Ok(output) => json!({"success": true, "output": output, "error": null}),
+        Err(e) => json!({"success": false, "output": null, "error": e}),
+    }
+}
+
+/// One result to deliver.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub url: url::Url,
+    pub execution_id: String,
+    pub trace_id: Option<String>,
+    pub attempt: Option<u32>,
+    pub idempotency_key: String,
+    pub body: Vec<u8>,
+}
+
+impl Delivery {
+    pub fn new(url: url::Url, inv: &Invocation, result: &InvokeResult) -> Self {
+        Delivery::from_parts(
+            url,
+            &inv.execution_id,
+            inv.trace_id.clone(),
+            inv.attempt,
+            inv.idempotency_key.clone(),
+            result,
+        )
+    }
+
+    pub fn from_parts(
+        url: url::Url,
+        execution_id: &str,
+        trace_id: Option<String>,
+        attempt: Option<u32>,
+        idempotency_key: Option<String>,
+        result: &InvokeResult,
+    ) -> Self {
+        Delivery {
+            url,
+            execution_id: execution_id.to_owned(),
+            trace_id,
+            attempt,
+            // Stable across attempts and restarts, so the control plane can
+            // drop a duplicate of the same execution's result.
+            idempotency_key: idempotency_key.unwrap_or_else(|| execution_id.to_owned()),
+            body: serde_json::to_vec(&result_body(result)).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AttemptError {
+    retryable: bool,
+    message: String,
+}
+
+#[derive(Clone)]
+pub struct CallbackClient {
+    http: reqwest::Client,
+    cfg: CallbackConfig,
+    metrics: Metrics,
+    tracker: TaskTracker,
+}
+
+impl CallbackClient {
+    pub fn new(cfg: CallbackConfig, metrics: Metrics) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("TLS backend available");
+        CallbackClient {
+            http,
+            cfg,
+            metrics,
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    pub fn config(&self) -> &CallbackConfig {
+        &self.cfg
+    }
+
+    async fn attempt(&self, d: &Delivery) -> Result<(), AttemptError> {
+        let mut req = self
+            .http
+            .post(d.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(header::IDEMPOTENCY_KEY, &d.idempotency_key)
+            .body(d.body.clone());
+        if let Some(t) = &d.trace_id {
+            req = req.header(header::TRACE_ID, t);
+        }
+        if let Some(a) = d.attempt {
+            req = req.header(header::DISPATCH_ATTEMPT, a);
+        }
+        if let Some(token) = &self.cfg.token {
+            req = req.bearer_auth(token);
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                Err(AttemptError {
+                    retryable: status == 408 || status == 429 || status >= 500,
+                    message: format!("HTTP {status}"),
+                })
+            }
+            Err(e) => Err(AttemptError {
+                retryable: true,
+                message: if e.is_timeout() {
+                    format!(
+                        "no answer within CALLBACK_TIMEOUT_MS={}",
+                        self.cfg.timeout.as_millis()
+                    )
+                } else {
+                    format!("{e}")
+                },
+            }),
+        }
+    }
+
+    /// Delivers `d`, retrying as section 6 says. `Err` means it was not
+    /// accepted; the caller decides what that means (exit 1 one-shot).
+    pub async fn deliver(&self, d: &Delivery) -> Result<(), String> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(self.cfg.attempts.saturating_sub(1) as usize)
+            .with_jitter();
+        let result = (|| self.attempt(d))
+            .retry(backoff)
+            .when(|e| e.retryable)
+            .notify(|e, wait| {
+                tracing::warn!(url = %d.url, error = %e.message, retry_in_ms = wait.as_millis() as u64, "callback attempt failed")
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                self.metrics.callback("delivered");
+                tracing::debug!(url = %d.url, "callback accepted");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.callback("failed");
+                let message = format!("callback to {} was not accepted: {}", d.url, e.message);
+                tracing::error!(execution_id = %d.execution_id, "{message}");
+                Err(message)
+            }
+        }
+    }
+
+    /// Warm mode: deliver in the background, never delaying the response.
+    pub fn spawn(&self, d: Delivery) {
+        let this = self.clone();
+        let span = tracing::Span::current();
+        self.tracker.spawn(tracing::Instrument::instrument(
+            async move {
+                let _ = this.deliver(&d).await;
+            },
+            span,
+        ));
+    }
+
+    /// Waits for background deliveries (at most `limit`), before exit.
+    pub async fn flush(&self, limit: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                pending = self.tracker.len(),
+                "callbacks still pending at exit were not delivered"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn complete_url_appends_the_execution() {
+        assert_eq!(
+            complete_url(&u("http://cp:8080/v1/internal/executions"), "e-1")
+                .unwrap()
+                .as_str(),
+            "http://cp:8080/v1/internal/executions/e-1:complete"
+        );
+        assert_eq!(
+            complete_url(&u("http://cp:8080/v1/executions/"), "e-1")
+                .unwrap()
+                .as_str(),
+            "http://cp:8080/v1/executions/e-1:complete"
+        );
+        assert_eq!(
+            complete_url(&u("http://cp:8080/v1/executions/x:complete"), "e-1")
+                .unwrap()
+                .as_str(),
+            "http://cp:8080/v1/executions/x:complete"
+        );
+    }
+
+    #[test]
+    fn body_has_success_output_error() {
+        let ok: InvokeResult = Ok(json!({"a": 1}));
+        assert_eq!(
+            result_body(&ok),
+            json!({"success": true, "output": {"a": 1}, "error": null})
+        );
+        let err: InvokeResult = Err(runtime_sdk::InvokeError::new(
+            runtime_sdk::ErrorCode::Timeout,
+            "late",
+        ));
+        assert_eq!(
+            result_body(&err),
+            json!({"success": false, "output": null, "error": {"code": "TIMEOUT", "message": "late"}})
+        );
+    }
+}

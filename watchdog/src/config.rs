@@ -1,0 +1,840 @@
+//! The one place that reads the environment (contract sections 1-11).
+//!
+//! clap reads every variable (so `--help` lists them with their defaults);
+//! [`Config::load`] then checks how they combine and builds typed config.
+//! Any problem is a [`ConfigError`]: one line naming the variable, the bad
+//! value and what is accepted; `main` prints it and exits 2.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Parser, ValueEnum};
+use runtime_sdk::names;
+
+/// Runner names of contract section 2, matched in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum RunnerKind {
+    Python,
+    Http,
+    Stdio,
+    File,
+    Loop,
+}
+
+impl RunnerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerKind::Python => "PYTHON",
+            RunnerKind::Http => "HTTP",
+            RunnerKind::Stdio => "STDIO",
+            RunnerKind::File => "FILE",
+            RunnerKind::Loop => "LOOP",
+        }
+    }
+
+    /// Default `MAX_CONCURRENCY` per runner (README documents these).
+    fn default_concurrency(self) -> usize {
+        match self {
+            // One OS thread per slot; the GIL serialises CPU work anyway.
+            RunnerKind::Python => 4,
+            // The upstream is a server of its own: let it see the load.
+            RunnerKind::Http => 64,
+            // A process per call: bounded so a burst cannot fork-bomb the pod.
+            RunnerKind::Stdio | RunnerKind::File => 8,
+            // One kept process per slot.
+            RunnerKind::Loop => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OneshotOutput {
+    /// The result object of section 6 as one JSON line.
+    Result,
+    /// Only the function's output (or the error body).
+    Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err("accepted: 1, true, yes, 0, false, no (any case)".into()),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) | Err(_) => Err("accepted: a whole number above 0".into()),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn parse_count(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| "accepted: a whole number, 0 or more".into())
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.trim()
+        .parse::<u16>()
+        .map_err(|_| "accepted: a port number from 0 to 65535".into())
+}
+
+/// Every variable of the contract. Flags exist too (handy for local runs),
+/// but the environment is the interface.
+#[derive(Debug, Parser)]
+#[command(
+    name = "watchdog",
+    version,
+    about = "Ember's function watchdog: runs a function once (one-shot) or keeps it warm behind HTTP.",
+    after_help = "Every option is read from the environment variable named beside it; see README.md for the contract."
+)]
+struct Args {
+    /// Warm mode (HTTP server) or one-shot; default: one-shot when EXECUTION_ID or a payload variable is set
+    #[arg(long, env = names::WARM, value_parser = parse_bool)]
+    warm: Option<bool>,
+    /// Runner: PYTHON, HTTP, STDIO, FILE, LOOP [default: PYTHON when built with Python and WATCHDOG_CMD is unset or HANDLER_MODULE is set, else HTTP]
+    #[arg(long, env = names::EXECUTION_MODE, ignore_case = true, hide_possible_values = true)]
+    execution_mode: Option<RunnerKind>,
+    /// Command of the function (split like a POSIX shell, not run through one)
+    #[arg(long, env = names::WATCHDOG_CMD)]
+    watchdog_cmd: Option<String>,
+    /// PYTHON: module to import [default: handler]
+    #[arg(long, env = names::HANDLER_MODULE)]
+    handler_module: Option<String>,
+    /// PYTHON: function to call
+    #[arg(long, env = names::HANDLER_FUNCTION, default_value = "handle")]
+    handler_function: String,
+    /// PYTHON: directory put first on sys.path [default: the working directory]
+    #[arg(long, env = names::HANDLER_PATH)]
+    handler_path: Option<PathBuf>,
+    /// HTTP: where invocations are POSTed [default: http://127.0.0.1:8081/invoke warm, :8080 one-shot]
+    #[arg(long, env = names::RUNTIME_URL)]
+    runtime_url: Option<String>,
+    /// HTTP: polled until 2xx before the first invocation [default: RUNTIME_URL with /invoke -> /health]
+    #[arg(long, env = names::HEALTH_URL)]
+    health_url: Option<String>,
+    /// HTTP: how long the runtime may take to become healthy
+    #[arg(long, env = names::READY_TIMEOUT_MS, default_value = "10000", value_parser = parse_positive)]
+    ready_timeout_ms: u64,
+    /// FILE: where the payload is written
+    #[arg(long, env = names::INPUT_FILE, default_value = "/tmp/input.json")]
+    input_file: PathBuf,
+    /// FILE: where the output is read from
+    #[arg(long, env = names::OUTPUT_FILE, default_value = "/tmp/output.json")]
+    output_file: PathBuf,
+    /// Time between SIGTERM and SIGKILL for a child past its deadline
+    #[arg(long, env = names::KILL_GRACE_MS, default_value = "100", value_parser = parse_count)]
+    kill_grace_ms: u64,
+    /// The execution's id (one-shot; warm: fallback when X-Execution-Id is absent)
+    #[arg(long, env = names::EXECUTION_ID)]
+    execution_id: Option<String>,
+    /// Trace id (one-shot)
+    #[arg(long, env = names::TRACE_ID)]
+    trace_id: Option<String>,
+    /// One-shot payload (nanofaas Jobs)
+    #[arg(long, env = names::INVOCATION_PAYLOAD)]
+    invocation_payload: Option<String>,
+    /// One-shot payload (Circuit Breaker)
+    #[arg(long, env = names::INPUT_DATA)]
+    input_data: Option<String>,
+    /// One-shot payload (Norn)
+    #[arg(long, env = names::NORN_REQUEST_BODY)]
+    norn_request_body: Option<String>,
+    /// One-shot stdout without CALLBACK_URL: result or output [default: output for INPUT_DATA/NORN_REQUEST_BODY, else result]
+    #[arg(long, env = names::ONESHOT_OUTPUT, ignore_case = true)]
+    oneshot_output: Option<OneshotOutput>,
+    /// Deadline of one invocation
+    #[arg(long, env = names::TIMEOUT_MS, default_value = "30000", value_parser = parse_positive)]
+    timeout_ms: u64,
+    /// Labels logs and metrics [default: HANDLER_MODULE with PYTHON, else unknown]
+    #[arg(long, env = names::FUNCTION_NAME)]
+    function_name: Option<String>,
+    /// Warm: listening port (nanofaas name)
+    #[arg(long, env = names::WARM_PORT, value_parser = parse_port)]
+    warm_port: Option<u16>,
+    /// Warm: listening port when WARM_PORT is unset [default: 8080]
+    #[arg(long, env = names::PORT, value_parser = parse_port)]
+    port: Option<u16>,
+    /// Warm: listening address
+    #[arg(long, env = names::BIND_ADDRESS, default_value = "0.0.0.0")]
+    bind_address: String,
+    /// Warm: largest accepted request body
+    #[arg(long, env = names::MAX_BODY_BYTES, default_value = "6291456", value_parser = parse_positive)]
+    max_body_bytes: u64,
+    /// Warm: invocations running at once [default: PYTHON 4, HTTP 64, STDIO 8, FILE 8, LOOP 4]
+    #[arg(long, env = names::MAX_CONCURRENCY, value_parser = parse_positive)]
+    max_concurrency: Option<u64>,
+    /// Warm: invocations waiting for a slot before 429 [default: 4 x MAX_CONCURRENCY]
+    #[arg(long, env = names::QUEUE_DEPTH, value_parser = parse_count)]
+    queue_depth: Option<u64>,
+    /// Warm: bearer token required on /invoke
+    #[arg(long, env = names::INVOKE_TOKEN, hide_env_values = true)]
+    invoke_token: Option<String>,
+    /// Where results are posted: {CALLBACK_URL}/{EXECUTION_ID}:complete
+    #[arg(long, env = names::CALLBACK_URL)]
+    callback_url: Option<String>,
+    /// Bearer token sent on callbacks
+    #[arg(long, env = names::CALLBACK_TOKEN, hide_env_values = true)]
+    callback_token: Option<String>,
+    /// Callback attempts before giving up
+    #[arg(long, env = names::CALLBACK_ATTEMPTS, default_value = "3", value_parser = parse_positive)]
+    callback_attempts: u64,
+    /// Time limit of one callback attempt
+    #[arg(long, env = names::CALLBACK_TIMEOUT_MS, default_value = "5000", value_parser = parse_positive)]
+    callback_timeout_ms: u64,
+    /// Origins an X-Callback-Url may point at, comma-separated [default: CALLBACK_URL's origin, else any]
+    #[arg(long, env = names::CALLBACK_ALLOWED_ORIGINS)]
+    callback_allowed_origins: Option<String>,
+    /// json or text
+    #[arg(long, env = names::LOG_FORMAT, default_value = "json", ignore_case = true)]
+    log_format: LogFormat,
+    /// error, warn, info, debug or trace
+    #[arg(long, env = names::LOG_LEVEL, default_value = "info", ignore_case = true)]
+    log_level: LogLevel,
+    /// How long running and queued invocations may take to finish after SIGTERM
+    #[arg(long, env = names::DRAIN_TIMEOUT_MS, default_value = "25000", value_parser = parse_count)]
+    drain_timeout_ms: u64,
+    /// JSON Schema (a path or inline JSON) the payload must satisfy
+    #[arg(long, env = names::INPUT_SCHEMA)]
+    input_schema: Option<String>,
+    /// JSON Schema (a path or inline JSON) the output must satisfy
+    #[arg(long, env = names::OUTPUT_SCHEMA)]
+    output_schema: Option<String>,
+}
+
+/// A configuration problem: printed as one line, exit code 2.
+#[derive(Debug)]
+pub enum ConfigError {
+    Invalid {
+        variable: String,
+        value: String,
+        accepted: String,
+    },
+    /// `--help` or `--version`: print and exit 0.
+    Display(String),
+}
+
+impl ConfigError {
+    pub fn invalid(variable: &str, value: &str, accepted: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            variable: variable.to_owned(),
+            value: value.to_owned(),
+            accepted: accepted.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Invalid {
+                variable,
+                value,
+                accepted,
+            } => write!(
+                f,
+                "watchdog: configuration error: {variable}={value:?} is not valid; {accepted}"
+            ),
+            ConfigError::Display(text) => f.write_str(text),
+        }
+    }
+}
+
+/// Where the one-shot payload came from (section 5), which picks the
+/// default `ONESHOT_OUTPUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadSource {
+    Variable { name: &'static str, text: String },
+    Stdin,
+}
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Warm(WarmConfig),
+    Oneshot(OneshotConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct WarmConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_concurrency: usize,
+    pub queue_depth: usize,
+    pub invoke_token: Option<String>,
+    /// Fallback when a request has no `X-Execution-Id`.
+    pub execution_id: Option<String>,
+    pub drain_timeout: Duration,
+    pub allowed_callback_origins: AllowedOrigins,
+}
+
+#[derive(Debug, Clone)]
+pub enum AllowedOrigins {
+    Any,
+    Only(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// Whether an `X-Callback-Url` may be used (section 6).
+    pub fn allows(&self, url: &url::Url) -> bool {
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::Only(list) => {
+                let origin = url.origin().ascii_serialization();
+                list.contains(&origin)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OneshotConfig {
+    pub execution_id: String,
+    pub trace_id: Option<String>,
+    pub payload: PayloadSource,
+    pub output: OneshotOutput,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallbackConfig {
+    pub url: Option<url::Url>,
+    pub token: Option<String>,
+    pub attempts: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Program and arguments, already split.
+    pub argv: Vec<String>,
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `None` when the runtime is started by something else.
+    pub process: Option<ProcessConfig>,
+    pub runtime_url: url::Url,
+    pub health_url: url::Url,
+    pub ready_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    pub process: ProcessConfig,
+    pub input_file: PathBuf,
+    pub output_file: PathBuf,
+    /// Unique file names per invocation (several may run at once).
+    pub unique_names: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PythonConfig {
+    pub module: String,
+    pub function: String,
+    pub path: PathBuf,
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum RunnerConfig {
+    Python(PythonConfig),
+    Http(HttpConfig),
+    Stdio(ProcessConfig),
+    File(FileConfig),
+    Loop(ProcessConfig),
+}
+
+impl RunnerConfig {
+    pub fn kind(&self) -> RunnerKind {
+        match self {
+            RunnerConfig::Python(_) => RunnerKind::Python,
+            RunnerConfig::Http(_) => RunnerKind::Http,
+            RunnerConfig::Stdio(_) => RunnerKind::Stdio,
+            RunnerConfig::File(_) => RunnerKind::File,
+            RunnerConfig::Loop(_) => RunnerKind::Loop,
+        }
+    }
+}
+
+/// Schemas as given (path or inline JSON); compiled by `validate`.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaConfig {
+    pub input: Option<String>,
+    pub output: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub runner: RunnerConfig,
+    pub function_name: String,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub callback: CallbackConfig,
+    pub log_format: LogFormat,
+    pub log_level: LogLevel,
+    pub schemas: SchemaConfig,
+}
+
+/// Whether this binary embeds Python (the `python` cargo feature).
+pub const PYTHON_BUILT_IN: bool = cfg!(feature = "python");
+
+impl Config {
+    /// Reads the process's arguments and environment.
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::from_args(std::env::args_os())
+    }
+
+    /// Parses `args`, reading variables from the process environment.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args = Args::try_parse_from(args).map_err(clap_error)?;
+        let stdin_has_data = || !std::io::IsTerminal::is_terminal(&std::io::stdin());
+        build(args, stdin_has_data)
+    }
+}
+
+/// Turns clap's multi-line error into the contract's one line.
+fn clap_error(err: clap::Error) -> ConfigError {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ConfigError::Display(err.to_string()),
+        _ => {
+            let arg = match err.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            let value = match err.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            let accepted = match err.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(v)) => format!("accepted: {} (any case)", v.join(", ")),
+                _ => err
+                    .source()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| err.kind().to_string()),
+            };
+            // "--timeout-ms <TIMEOUT_MS>" -> "TIMEOUT_MS": name the variable.
+            let variable = arg
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches('-')
+                .replace('-', "_")
+                .to_ascii_uppercase();
+            if variable.is_empty() {
+                ConfigError::Invalid {
+                    variable: "arguments".into(),
+                    value: String::new(),
+                    accepted: err.to_string().lines().next().unwrap_or_default().into(),
+                }
+            } else {
+                ConfigError::Invalid {
+                    variable,
+                    value,
+                    accepted,
+                }
+            }
+        }
+    }
+}
+
+use std::error::Error as _;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn build(a: Args, stdin_has_data: impl Fn() -> bool) -> Result<Config, ConfigError> {
+    // Section 1: WARM decides; unset, any one-shot trigger means one-shot.
+    let payload_var = [
+        (names::INVOCATION_PAYLOAD, &a.invocation_payload),
+        (names::INPUT_DATA, &a.input_data),
+        (names::NORN_REQUEST_BODY, &a.norn_request_body),
+    ]
+    .into_iter()
+    .find_map(|(name, v)| v.clone().map(|text| PayloadSource::Variable { name, text }));
+    let warm = a
+        .warm
+        .unwrap_or(a.execution_id.is_none() && payload_var.is_none());
+
+    let kind = match a.execution_mode {
+        Some(kind) => kind,
+        None if PYTHON_BUILT_IN && (a.watchdog_cmd.is_none() || a.handler_module.is_some()) => {
+            RunnerKind::Python
+        }
+        None => RunnerKind::Http,
+    };
+
+    let argv = match &a.watchdog_cmd {
+        Some(cmd) => {
+            let words = shell_words::split(cmd).map_err(|e| {
+                ConfigError::invalid(
+                    names::WATCHDOG_CMD,
+                    cmd,
+                    format!("accepted: a command line with balanced quotes ({e})"),
+                )
+            })?;
+            if words.is_empty() {
+                return Err(ConfigError::invalid(
+                    names::WATCHDOG_CMD,
+                    cmd,
+                    "accepted: a command to run, e.g. \"python3 handler.py\"",
+                ));
+            }
+            Some(words)
+        }
+        None => None,
+    };
+    let kill_grace = ms(a.kill_grace_ms);
+    let process = |argv: Option<Vec<String>>| -> Result<ProcessConfig, ConfigError> {
+        match argv {
+            Some(argv) => Ok(ProcessConfig { argv, kill_grace }),
+            None => Err(ConfigError::invalid(
+                names::WATCHDOG_CMD,
+                "",
+                format!(
+                    "EXECUTION_MODE={} needs the function's command, e.g. WATCHDOG_CMD=\"python3 handler.py\"",
+                    kind.as_str()
+                ),
+            )),
+        }
+    };
+
+    let max_concurrency = a
+        .max_concurrency
+        .map(|n| n as usize)
+        .unwrap_or_else(|| kind.default_concurrency());
+
+    let runner = match kind {
+        RunnerKind::Python => {
+            if !PYTHON_BUILT_IN {
+                return Err(ConfigError::invalid(
+                    names::EXECUTION_MODE,
+                    "PYTHON",
+                    "this watchdog was built without Python (cargo feature `python`); accepted: HTTP, STDIO, FILE, LOOP, or use the ember/python image",
+                ));
+            }
+            RunnerConfig::Python(PythonConfig {
+                module: a.handler_module.clone().unwrap_or_else(|| "handler".into()),
+                function: a.handler_function.clone(),
+                path: match &a.handler_path {
+                    Some(p) => p.clone(),
+                    None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+                },
+                kill_grace,
+            })
+        }
+        RunnerKind::Http => {
+            let default_port = if warm { 8081 } else { 8080 };
+            let runtime_text = a
+                .runtime_url
+                .clone()
+                .unwrap_or_else(|| format!("http://127.0.0.1:{default_port}/invoke"));
+            let runtime_url = parse_http_url(names::RUNTIME_URL, &runtime_text)?;
+            let health_url = match &a.health_url {
+                Some(h) => parse_http_url(names::HEALTH_URL, h)?,
+                None => {
+                    let mut u = runtime_url.clone();
+                    let path = u.path().to_owned();
+                    let new_path = match path.strip_suffix("/invoke") {
+                        Some(prefix) => format!("{prefix}/health"),
+                        None => "/health".to_owned(),
+                    };
+                    u.set_path(&new_path);
+                    u.set_query(None);
+                    u
+                }
+            };
+            RunnerConfig::Http(HttpConfig {
+                process: argv.map(|argv| ProcessConfig { argv, kill_grace }),
+                runtime_url,
+                health_url,
+                ready_timeout: ms(a.ready_timeout_ms),
+            })
+        }
+        RunnerKind::Stdio => RunnerConfig::Stdio(process(argv)?),
+        RunnerKind::Loop => RunnerConfig::Loop(process(argv)?),
+        RunnerKind::File => RunnerConfig::File(FileConfig {
+            process: process(argv)?,
+            input_file: a.input_file.clone(),
+            output_file: a.output_file.clone(),
+            unique_names: warm && max_concurrency > 1,
+        }),
+    };
+
+    let callback_url = match &a.callback_url {
+        Some(u) if !u.is_empty() => Some(parse_http_url(names::CALLBACK_URL, u)?),
+        _ => None,
+    };
+
+    let function_name = a.function_name.clone().unwrap_or_else(|| match &runner {
+        RunnerConfig::Python(p) => p.module.clone(),
+        _ => "unknown".into(),
+    });
+
+    let mode = if warm {
+        let ip: IpAddr = a.bind_address.parse().map_err(|_| {
+            ConfigError::invalid(
+                names::BIND_ADDRESS,
+                &a.bind_address,
+                "accepted: an IP address such as 0.0.0.0, 127.0.0.1 or ::",
+            )
+        })?;
+        let port = a.warm_port.or(a.port).unwrap_or(8080);
+        let allowed_callback_origins = match &a.callback_allowed_origins {
+            Some(list) => {
+                let mut origins = Vec::new();
+                for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let u = parse_http_url(names::CALLBACK_ALLOWED_ORIGINS, item)?;
+                    origins.push(u.origin().ascii_serialization());
+                }
+                AllowedOrigins::Only(origins)
+            }
+            None => match &callback_url {
+                Some(u) => AllowedOrigins::Only(vec![u.origin().ascii_serialization()]),
+                None => AllowedOrigins::Any,
+            },
+        };
+        Mode::Warm(WarmConfig {
+            listen: SocketAddr::new(ip, port),
+            max_body_bytes: a.max_body_bytes as usize,
+            max_concurrency,
+            queue_depth: a
+                .queue_depth
+                .map(|n| n as usize)
+                .unwrap_or(4 * max_concurrency),
+            invoke_token: a.invoke_token.clone().filter(|t| !t.is_empty()),
+            execution_id: a.execution_id.clone(),
+            drain_timeout: ms(a.drain_timeout_ms),
+            allowed_callback_origins,
+        })
+    } else {
+        let platform_form = matches!(
+            &payload_var,
+            Some(PayloadSource::Variable { name, .. })
+                if *name == names::INPUT_DATA || *name == names::NORN_REQUEST_BODY
+        );
+        let payload = match payload_var {
+            Some(p) => p,
+            None if stdin_has_data() => PayloadSource::Stdin,
+            None => PayloadSource::Variable {
+                name: "none",
+                text: "null".into(),
+            },
+        };
+        Mode::Oneshot(OneshotConfig {
+            // Norn sets no id: one is made up so logs can still be joined.
+            execution_id: a
+                .execution_id
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            trace_id: a.trace_id.clone(),
+            payload,
+            output: a.oneshot_output.unwrap_or(if platform_form {
+                OneshotOutput::Output
+            } else {
+                OneshotOutput::Result
+            }),
+        })
+    };
+
+    Ok(Config {
+        mode,
+        runner,
+        function_name,
+        timeout: ms(a.timeout_ms),
+        max_concurrency,
+        callback: CallbackConfig {
+            url: callback_url,
+            token: a.callback_token.clone().filter(|t| !t.is_empty()),
+            attempts: a.callback_attempts.min(u32::MAX as u64) as u32,
+            timeout: ms(a.callback_timeout_ms),
+        },
+        log_format: a.log_format,
+        log_level: a.log_level,
+        schemas: SchemaConfig {
+            input: a.input_schema.clone(),
+            output: a.output_schema.clone(),
+        },
+    })
+}
+
+fn parse_http_url(variable: &str, text: &str) -> Result<url::Url, ConfigError> {
+    match url::Url::parse(text) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(u),
+        _ => Err(ConfigError::invalid(
+            variable,
+            text,
+            "accepted: an absolute http:// or https:// URL",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(env: &[(&str, &str)]) -> Args {
+        // clap reads the process environment; tests pass flags instead, which
+        // go through the same parsers.
+        let mut argv = vec!["watchdog".to_string()];
+        for (k, v) in env {
+            argv.push(format!(
+                "--{}={}",
+                k.to_ascii_lowercase().replace('_', "-"),
+                v
+            ));
+        }
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        build(args(env), || false)
+    }
+
+    #[test]
+    fn execution_id_without_warm_means_oneshot() {
+        let c = load(&[
+            ("EXECUTION_ID", "e1"),
+            ("WATCHDOG_CMD", "cat"),
+            ("EXECUTION_MODE", "stdio"),
+        ])
+        .unwrap();
+        assert!(matches!(c.mode, Mode::Oneshot(_)));
+        let c = load(&[("WATCHDOG_CMD", "cat"), ("EXECUTION_MODE", "STDIO")]).unwrap();
+        assert!(matches!(c.mode, Mode::Warm(_)));
+        let c = load(&[
+            ("EXECUTION_ID", "e1"),
+            ("WARM", "TRUE"),
+            ("WATCHDOG_CMD", "cat"),
+        ])
+        .unwrap();
+        assert!(matches!(c.mode, Mode::Warm(_)));
+    }
+
+    #[test]
+    fn platform_payloads_default_to_output_form() {
+        let c = load(&[
+            ("NORN_REQUEST_BODY", "{}"),
+            ("WATCHDOG_CMD", "cat"),
+            ("EXECUTION_MODE", "STDIO"),
+        ])
+        .unwrap();
+        match c.mode {
+            Mode::Oneshot(o) => assert_eq!(o.output, OneshotOutput::Output),
+            _ => panic!("expected one-shot"),
+        }
+        let c = load(&[
+            ("INVOCATION_PAYLOAD", "{}"),
+            ("WATCHDOG_CMD", "cat"),
+            ("EXECUTION_MODE", "STDIO"),
+        ])
+        .unwrap();
+        match c.mode {
+            Mode::Oneshot(o) => assert_eq!(o.output, OneshotOutput::Result),
+            _ => panic!("expected one-shot"),
+        }
+    }
+
+    #[test]
+    fn command_is_split_like_a_shell() {
+        let c = load(&[
+            ("WATCHDOG_CMD", "python3 -c 'print(\"a b\")'"),
+            ("EXECUTION_MODE", "STDIO"),
+        ])
+        .unwrap();
+        match c.runner {
+            RunnerConfig::Stdio(p) => assert_eq!(p.argv, ["python3", "-c", "print(\"a b\")"]),
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = load(&[
+            ("WATCHDOG_CMD", "echo 'unbalanced"),
+            ("EXECUTION_MODE", "STDIO"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("WATCHDOG_CMD"));
+    }
+
+    #[test]
+    fn stdio_without_command_names_the_variable() {
+        let err = load(&[("EXECUTION_MODE", "STDIO")]).unwrap_err();
+        assert!(err.to_string().contains("WATCHDOG_CMD"), "{err}");
+    }
+
+    #[test]
+    fn health_url_defaults_from_runtime_url() {
+        let c = load(&[
+            ("EXECUTION_MODE", "HTTP"),
+            ("RUNTIME_URL", "http://127.0.0.1:9000/fn/invoke"),
+        ])
+        .unwrap();
+        match c.runner {
+            RunnerConfig::Http(h) => {
+                assert_eq!(h.health_url.as_str(), "http://127.0.0.1:9000/fn/health")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let c = load(&[("EXECUTION_MODE", "HTTP"), ("EXECUTION_ID", "x")]).unwrap();
+        match c.runner {
+            RunnerConfig::Http(h) => {
+                assert_eq!(h.runtime_url.as_str(), "http://127.0.0.1:8080/invoke")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn callback_origin_is_the_default_allow_list() {
+        let c = load(&[
+            ("WATCHDOG_CMD", "cat"),
+            ("EXECUTION_MODE", "STDIO"),
+            ("CALLBACK_URL", "http://cp:8080/v1/executions"),
+        ])
+        .unwrap();
+        let Mode::Warm(w) = c.mode else { panic!() };
+        assert!(w
+            .allowed_callback_origins
+            .allows(&url::Url::parse("http://cp:8080/other").unwrap()));
+        assert!(!w
+            .allowed_callback_origins
+            .allows(&url::Url::parse("http://evil:8080/").unwrap()));
+    }
+
+    #[test]
+    fn bad_numbers_are_rejected_by_their_parsers() {
+        assert!(parse_positive("0").is_err());
+        assert!(parse_positive("abc").is_err());
+        assert!(parse_positive("-1").is_err());
+        assert_eq!(parse_positive("250"), Ok(250));
+        assert!(parse_bool("maybe").is_err());
+        assert_eq!(parse_bool("YES"), Ok(true));
+    }
+}

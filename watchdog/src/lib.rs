@@ -1,0 +1,13 @@
+//! Ember's watchdog: configuration, the two modes, the runners, callbacks,
+//! metrics, logging and shutdown. `main.rs` only wires them.
+
+pub mod callback;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod oneshot;
+pub mod reaper;
+pub mod runner;
+pub mod shutdown;
+pub mod validate;
+pub mod warm;

@@ -1,0 +1,63 @@
+use std::time::Instant;
+
+use watchdog::config::{Config, ConfigError, Mode};
+use watchdog::shutdown::Shutdown;
+use watchdog::validate::Validator;
+use watchdog::{logging, metrics::Metrics, oneshot, reaper, runner, warm};
+
+/// Exit code for a configuration error (contract section 1).
+const EXIT_CONFIG: i32 = 2;
+
+fn main() {
+    let process_start = Instant::now();
+    // Configuration is read and checked before anything starts.
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(ConfigError::Display(text)) => {
+            print!("{text}");
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let validator = match Validator::compile(&config.schemas) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    logging::init(config.log_format, config.log_level);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(async {
+        reaper::start_if_pid1();
+        let shutdown = Shutdown::new();
+        let handler = runner::build(&config, &shutdown);
+        let metrics = Metrics::new(&config.function_name, handler.mode());
+        match &config.mode {
+            Mode::Warm(warm_cfg) => {
+                warm::run(
+                    &config,
+                    warm_cfg,
+                    handler,
+                    validator,
+                    metrics,
+                    shutdown,
+                    process_start,
+                )
+                .await
+            }
+            Mode::Oneshot(o) => oneshot::run(&config, o, handler, validator, metrics).await,
+        }
+    });
+    // Background tasks (a stuck Python thread, a blocked read) must not
+    // keep the process alive past its answer.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}

@@ -1,0 +1,359 @@
+//! What every child-process runner shares: spawning with a scrubbed
+//! environment in a process group of its own, killing that whole group,
+//! forwarding output as log lines, and reading JSON from what it printed.
+
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use runtime_sdk::{names, ErrorCode, Invocation, InvokeError};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tracing::Instrument;
+
+use crate::config::ProcessConfig;
+use crate::reaper;
+
+/// How much of stderr an error message keeps (contract section 2).
+pub const STDERR_TAIL_BYTES: usize = 4096;
+
+/// A log line longer than this is forwarded in pieces, so a child that
+/// prints megabytes without a newline never makes us buffer it all.
+const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// Builds the command for `cfg`: no shell, own process group, secrets
+/// removed, the invocation's ids set.
+pub fn command(cfg: &ProcessConfig, inv: Option<&Invocation>) -> Command {
+    let mut cmd = Command::new(&cfg.argv[0]);
+    cmd.args(&cfg.argv[1..]);
+    for secret in names::SCRUBBED_FROM_CHILDREN {
+        cmd.env_remove(secret);
+    }
+    if let Some(inv) = inv {
+        cmd.env(names::EXECUTION_ID, &inv.execution_id);
+        match &inv.trace_id {
+            Some(t) => cmd.env(names::TRACE_ID, t),
+            None => cmd.env_remove(names::TRACE_ID),
+        };
+    }
+    // A group of its own, so a timeout can reach grandchildren too.
+    cmd.process_group(0);
+    cmd.kill_on_drop(false);
+    cmd
+}
+
+/// Spawns `cmd`, registering the child with the PID-1 reaper so it is
+/// left to tokio to reap.
+pub fn spawn(cmd: &mut Command, program: &str) -> Result<(Child, ProcessGroup), InvokeError> {
+    let _registry = reaper::lock_spawns();
+    let child = cmd.spawn().map_err(|e| {
+        InvokeError::new(
+            ErrorCode::FunctionError,
+            format!("could not start `{program}`: {e}"),
+        )
+    })?;
+    let pid = child.id().unwrap_or(0) as i32;
+    reaper::track(pid);
+    Ok((child, ProcessGroup { pgid: pid }))
+}
+
+/// A child's process group. Stopping it sends SIGTERM to the whole group,
+/// then SIGKILL after the grace.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessGroup {
+    pub pgid: i32,
+}
+
+impl ProcessGroup {
+    fn exists(self) -> bool {
+        self.pgid > 0 && killpg(Pid::from_raw(self.pgid), None).is_ok()
+    }
+
+    /// SIGTERM now, SIGKILL after `grace` if anything of the group is left.
+    pub async fn stop(self, grace: Duration) {
+        if !self.exists() {
+            return;
+        }
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGTERM);
+        let step = Duration::from_millis(10);
+        let mut waited = Duration::ZERO;
+        while waited < grace {
+            tokio::time::sleep(step).await;
+            waited += step;
+            if !self.exists() {
+                return;
+            }
+        }
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+    }
+
+    /// Stops the group in the background: used when an invocation ends
+    /// (cut by its deadline, or done but leaving strays behind).
+    pub fn stop_in_background(self, grace: Duration) {
+        if !self.exists() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(self.stop(grace));
+            }
+            Err(_) => {
+                let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Stops the group when dropped: a timed-out invocation's future is simply
+/// dropped, and this makes sure its processes go with it.
+pub struct GroupGuard {
+    group: ProcessGroup,
+    grace: Duration,
+    pid: i32,
+}
+
+impl GroupGuard {
+    pub fn new(group: ProcessGroup, grace: Duration) -> Self {
+        GroupGuard {
+            group,
+            grace,
+            pid: group.pgid,
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.group.stop_in_background(self.grace);
+        reaper::untrack(self.pid);
+    }
+}
+
+/// The last bytes a child wrote to stderr.
+#[derive(Debug, Default)]
+pub struct Tail {
+    buf: VecDeque<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend(bytes);
+        let excess = self.buf.len().saturating_sub(STDERR_TAIL_BYTES);
+        self.buf.drain(..excess);
+    }
+
+    pub fn text(&self) -> String {
+        let (a, b) = self.buf.as_slices();
+        let mut v = Vec::with_capacity(self.buf.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).trim_end().to_owned()
+    }
+}
+
+pub type SharedTail = Arc<Mutex<Tail>>;
+
+/// Reads `reader` to its end, logging each line (in pieces past
+/// `MAX_LOG_LINE`) in the current span, and keeping a tail if asked.
+/// Reading never stops early, so the child never blocks on a full pipe.
+pub fn forward_lines<R>(
+    reader: R,
+    stream: &'static str,
+    tail: Option<SharedTail>,
+) -> tokio::task::JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            let mut reader = reader;
+            let mut chunk = vec![0u8; 16 * 1024];
+            let mut line: Vec<u8> = Vec::new();
+            loop {
+                let n = match reader.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let data = &chunk[..n];
+                if let Some(t) = &tail {
+                    t.lock().unwrap().push(data);
+                }
+                let mut rest = data;
+                while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+                    line.extend_from_slice(&rest[..pos]);
+                    emit(stream, &line);
+                    line.clear();
+                    rest = &rest[pos + 1..];
+                }
+                line.extend_from_slice(rest);
+                if line.len() >= MAX_LOG_LINE {
+                    emit(stream, &line);
+                    line.clear();
+                }
+            }
+            if !line.is_empty() {
+                emit(stream, &line);
+            }
+        }
+        .instrument(span),
+    )
+}
+
+fn emit(stream: &'static str, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    tracing::info!(target: "function", stream, "{text}");
+}
+
+/// Reads all of `reader` (a child's stdout) into memory.
+pub fn collect<R>(reader: R) -> tokio::task::JoinHandle<Vec<u8>>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut reader = reader;
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out).await;
+        out
+    })
+}
+
+/// After the child exits, how long its pipes may stay open (held by a
+/// stray grandchild) before we stop waiting for them.
+pub const PIPE_GRACE: Duration = Duration::from_millis(200);
+
+/// Parses a process runner's output (contract section 2): the whole text as
+/// JSON, else its last non-empty line, else `FUNCTION_ERROR`.
+pub fn parse_output(bytes: &[u8]) -> Result<Value, InvokeError> {
+    let text = String::from_utf8_lossy(bytes);
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(InvokeError::new(
+            ErrorCode::FunctionError,
+            "Invalid JSON output: the function printed nothing",
+        ));
+    }
+    if let Ok(v) = serde_json::from_str(trimmed) {
+        return Ok(v);
+    }
+    if let Some(last) = trimmed.lines().rev().find(|l| !l.trim().is_empty()) {
+        if let Ok(v) = serde_json::from_str(last.trim()) {
+            return Ok(v);
+        }
+    }
+    Err(InvokeError::new(
+        ErrorCode::FunctionError,
+        format!(
+            "Invalid JSON output: the function printed {:?}",
+            preview(trimmed, 200)
+        ),
+    ))
+}
+
+/// The start of `text`, cut at a character boundary.
+pub fn preview(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// `FUNCTION_ERROR` for a child that ended unsuccessfully.
+pub fn exit_error(status: ExitStatus, tail: &str) -> InvokeError {
+    use std::os::unix::process::ExitStatusExt;
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| sig.to_string());
+            format!("was killed by signal {name}")
+        }
+        _ => "ended abnormally".to_owned(),
+    };
+    let message = if tail.is_empty() {
+        format!("function {how} (stderr was empty)")
+    } else {
+        format!("function {how}; stderr: {tail}")
+    };
+    InvokeError::new(ErrorCode::FunctionError, message)
+}
+
+/// `TIMEOUT` for an invocation cut by its deadline.
+pub fn timeout_error(execution_id: &str, budget: Duration) -> InvokeError {
+    InvokeError::new(
+        ErrorCode::Timeout,
+        format!(
+            "execution {} did not finish within its {} ms deadline (TIMEOUT_MS or X-Timeout-Ms)",
+            execution_id,
+            budget.as_millis()
+        ),
+    )
+}
+
+/// Stdin that the child gets: piped when we write the payload, else null.
+pub fn stdin_for(write_payload: bool) -> Stdio {
+    if write_payload {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn whole_output_is_json() {
+        assert_eq!(parse_output(b" {\"a\": 1}\n").unwrap(), json!({"a": 1}));
+        assert_eq!(parse_output(b"[1,\n2]").unwrap(), json!([1, 2]));
+    }
+
+    #[test]
+    fn last_non_empty_line_is_tried_after_logs() {
+        let out = b"starting\nloaded 3 rows\n{\"rows\": 3}\n\n";
+        assert_eq!(parse_output(out).unwrap(), json!({"rows": 3}));
+    }
+
+    #[test]
+    fn empty_and_non_json_output_fail_with_a_preview() {
+        let e = parse_output(b"  \n").unwrap_err();
+        assert_eq!(e.code, ErrorCode::FunctionError);
+        assert!(e.message.contains("Invalid JSON output"));
+        let e = parse_output(b"hello world").unwrap_err();
+        assert!(e.message.contains("Invalid JSON output"));
+        assert!(e.message.contains("hello world"));
+    }
+
+    #[test]
+    fn big_numbers_survive_parsing() {
+        let v = parse_output(b"{\"n\": 123456789012345678901234567890}").unwrap();
+        assert_eq!(v.to_string(), "{\"n\":123456789012345678901234567890}");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = Tail::default();
+        t.push(&vec![b'a'; STDERR_TAIL_BYTES]);
+        t.push(b"the end");
+        let text = t.text();
+        assert_eq!(text.len(), STDERR_TAIL_BYTES);
+        assert!(text.ends_with("the end"));
+    }
+
+    #[test]
+    fn preview_cuts_at_char_boundary() {
+        assert_eq!(preview("héllo", 2), "h...");
+    }
+}

@@ -1,0 +1,159 @@
+//! `INPUT_SCHEMA` and `OUTPUT_SCHEMA` (contract section 11): compiled once
+//! at start-up; every failing place is reported with its JSON pointer.
+
+use std::sync::Arc;
+
+use runtime_sdk::{names, ErrorCode, InvokeError};
+use serde_json::Value;
+
+use crate::config::{ConfigError, SchemaConfig};
+
+#[derive(Clone, Default)]
+pub struct Validator {
+    input: Option<Arc<jsonschema::Validator>>,
+    output: Option<Arc<jsonschema::Validator>>,
+}
+
+impl Validator {
+    pub fn compile(cfg: &SchemaConfig) -> Result<Self, ConfigError> {
+        Ok(Validator {
+            input: compile_one(names::INPUT_SCHEMA, cfg.input.as_deref())?,
+            output: compile_one(names::OUTPUT_SCHEMA, cfg.output.as_deref())?,
+        })
+    }
+
+    pub fn has_input(&self) -> bool {
+        self.input.is_some()
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.output.is_some()
+    }
+
+    /// `INVALID_REQUEST` when the payload breaks `INPUT_SCHEMA`.
+    pub fn check_input(&self, payload: &Value) -> Result<(), InvokeError> {
+        match &self.input {
+            None => Ok(()),
+            Some(v) => check(v, payload).map_err(|places| {
+                InvokeError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("the payload does not match INPUT_SCHEMA: {places}"),
+                )
+            }),
+        }
+    }
+
+    /// `OUTPUT_VALIDATION_ERROR` when the output breaks `OUTPUT_SCHEMA`.
+    pub fn check_output(&self, output: &Value) -> Result<(), InvokeError> {
+        match &self.output {
+            None => Ok(()),
+            Some(v) => check(v, output).map_err(|places| {
+                InvokeError::new(
+                    ErrorCode::OutputValidationError,
+                    format!("the output does not match OUTPUT_SCHEMA: {places}"),
+                )
+            }),
+        }
+    }
+}
+
+fn check(validator: &jsonschema::Validator, value: &Value) -> Result<(), String> {
+    let places: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| {
+            let pointer = e.instance_path().to_string();
+            let pointer = if pointer.is_empty() {
+                "/".to_owned()
+            } else {
+                pointer
+            };
+            format!("{pointer}: {e}")
+        })
+        .collect();
+    if places.is_empty() {
+        Ok(())
+    } else {
+        Err(places.join("; "))
+    }
+}
+
+/// A schema is inline JSON when it looks like JSON, else a file path.
+fn compile_one(
+    variable: &str,
+    text: Option<&str>,
+) -> Result<Option<Arc<jsonschema::Validator>>, ConfigError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let inline = text.starts_with('{') || text == "true" || text == "false";
+    let source = if inline {
+        text.to_owned()
+    } else {
+        std::fs::read_to_string(text).map_err(|e| {
+            ConfigError::invalid(
+                variable,
+                text,
+                format!("accepted: inline JSON Schema or a readable schema file ({e})"),
+            )
+        })?
+    };
+    let schema: Value = serde_json::from_str(&source).map_err(|e| {
+        ConfigError::invalid(
+            variable,
+            text,
+            format!("the schema is not valid JSON ({e}); accepted: a JSON Schema document"),
+        )
+    })?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        ConfigError::invalid(
+            variable,
+            text,
+            format!("the schema is not a valid JSON Schema ({e})"),
+        )
+    })?;
+    Ok(Some(Arc::new(validator)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn validator(input: &str) -> Validator {
+        Validator::compile(&SchemaConfig {
+            input: Some(input.into()),
+            output: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_failing_place_is_listed_with_its_pointer() {
+        let v = validator(
+            r#"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"string"}},"required":["a"]}"#,
+        );
+        assert!(v.check_input(&json!({"a": 1, "b": "x"})).is_ok());
+        let e = v.check_input(&json!({"a": "one", "b": 2})).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("/a"), "{}", e.message);
+        assert!(e.message.contains("/b"), "{}", e.message);
+    }
+
+    #[test]
+    fn invalid_schema_is_a_config_error() {
+        let err = Validator::compile(&SchemaConfig {
+            input: Some(r#"{"type": 12}"#.into()),
+            output: None,
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("INPUT_SCHEMA"));
+        let err = Validator::compile(&SchemaConfig {
+            input: None,
+            output: Some("/nonexistent/schema.json".into()),
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("OUTPUT_SCHEMA"));
+    }
+}

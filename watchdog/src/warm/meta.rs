@@ -1,0 +1,94 @@
+//! The section-4 request headers, read once per request by the trace layer
+//! and handed down in the request's extensions.
+
+use hyper::HeaderMap;
+use runtime_sdk::names::header;
+use runtime_sdk::{ErrorCode, InvokeError};
+
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// `X-Execution-Id`, else the `EXECUTION_ID` fallback.
+    pub execution_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub attempt: Option<u32>,
+    pub idempotency_key: Option<String>,
+    pub callback_url: Option<String>,
+    pub timeout_ms: Option<u64>,
+    /// A header that was present but malformed: a 400 once the request is
+    /// past authentication.
+    pub problem: Option<InvokeError>,
+}
+
+fn text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+impl RequestMeta {
+    pub fn read(headers: &HeaderMap, fallback_id: Option<&str>) -> Self {
+        let mut problem = None;
+        let mut positive = |name: &str| -> Option<u64> {
+            let raw = text(headers, name)?;
+            match raw.parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    problem.get_or_insert_with(|| {
+                        InvokeError::new(
+                            ErrorCode::InvalidRequest,
+                            format!("header {name}: {raw:?} is not a positive integer"),
+                        )
+                    });
+                    None
+                }
+            }
+        };
+        let attempt = positive(header::DISPATCH_ATTEMPT).map(|n| n.min(u32::MAX as u64) as u32);
+        let timeout_ms = positive(header::TIMEOUT_MS);
+        RequestMeta {
+            execution_id: text(headers, header::EXECUTION_ID)
+                .or_else(|| fallback_id.map(str::to_owned)),
+            trace_id: text(headers, header::TRACE_ID),
+            traceparent: text(headers, header::TRACEPARENT),
+            attempt,
+            idempotency_key: text(headers, header::IDEMPOTENCY_KEY),
+            callback_url: text(headers, header::CALLBACK_URL),
+            timeout_ms,
+            problem,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_wins_over_the_env_fallback() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            RequestMeta::read(&h, Some("env")).execution_id.as_deref(),
+            Some("env")
+        );
+        h.insert("x-execution-id", "hdr".parse().unwrap());
+        assert_eq!(
+            RequestMeta::read(&h, Some("env")).execution_id.as_deref(),
+            Some("hdr")
+        );
+    }
+
+    #[test]
+    fn malformed_numbers_are_a_problem() {
+        let mut h = HeaderMap::new();
+        h.insert("x-timeout-ms", "soon".parse().unwrap());
+        let m = RequestMeta::read(&h, None);
+        assert!(m.problem.unwrap().message.contains("x-timeout-ms"));
+        let mut h = HeaderMap::new();
+        h.insert("x-dispatch-attempt", "2".parse().unwrap());
+        assert_eq!(RequestMeta::read(&h, None).attempt, Some(2));
+    }
+}

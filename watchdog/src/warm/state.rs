@@ -1,0 +1,106 @@
+//! What the warm server's layers share.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use runtime_sdk::{Handler, InvokeError};
+use tokio::sync::Notify;
+
+use crate::callback::CallbackClient;
+use crate::config::WarmConfig;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::validate::Validator;
+
+pub struct State {
+    pub config: WarmConfig,
+    pub timeout: Duration,
+    pub handler: Arc<dyn Handler>,
+    pub metrics: Metrics,
+    pub callbacks: CallbackClient,
+    pub validator: Validator,
+    pub shutdown: Shutdown,
+    /// Set once the function is loaded (section 4: per runner).
+    pub ready: AtomicBool,
+    /// Set on SIGTERM/SIGINT or a fatal fault; never cleared.
+    pub draining: AtomicBool,
+    /// Why start-up failed, answered to every invocation (`HANDLER_LOAD_ERROR`).
+    pub start_error: OnceLock<InvokeError>,
+    /// Process start to ready, reported on the first invocation.
+    pub init_duration: OnceLock<Duration>,
+    /// True until the first invocation is accepted.
+    pub cold: AtomicBool,
+    /// Invocations accepted and not yet answered; draining waits for zero.
+    accepted: AtomicUsize,
+    idle: Notify,
+}
+
+impl State {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: WarmConfig,
+        timeout: Duration,
+        handler: Arc<dyn Handler>,
+        metrics: Metrics,
+        callbacks: CallbackClient,
+        validator: Validator,
+        shutdown: Shutdown,
+    ) -> Self {
+        State {
+            config,
+            timeout,
+            handler,
+            metrics,
+            callbacks,
+            validator,
+            shutdown,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            start_error: OnceLock::new(),
+            init_duration: OnceLock::new(),
+            cold: AtomicBool::new(true),
+            accepted: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Counts an accepted invocation until the guard drops.
+    pub fn accept(self: &Arc<Self>) -> AcceptedGuard {
+        self.accepted.fetch_add(1, Ordering::AcqRel);
+        AcceptedGuard(self.clone())
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no accepted invocation is left.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.accepted() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+pub struct AcceptedGuard(Arc<State>);
+
+impl Drop for AcceptedGuard {
+    fn drop(&mut self) {
+        if self.0.accepted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
