@@ -38,6 +38,7 @@ fn main() {
     let code = runtime.block_on(async {
         reaper::start_if_pid1();
         let shutdown = Shutdown::new();
+        watchdog::shutdown::on_signal(&shutdown);
         let handler = runner::build(&config, &shutdown);
         let metrics = Metrics::new(&config.function_name, handler.mode());
         match &config.mode {
@@ -53,7 +54,7 @@ fn main() {
                 )
                 .await
             }
-            Mode::Oneshot(o) => oneshot::run(&config, o, handler, validator, metrics).await,
+            Mode::Oneshot(o) => oneshot::run(&config, o, handler, validator, metrics, shutdown).await,
         }
     });
     // Background tasks (a stuck Python thread, a blocked read) must not

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::callback::{self, CallbackClient, Delivery};
 use crate::config::{Config, OneshotConfig, OneshotOutput, PayloadSource};
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 use crate::validate::Validator;
 
 /// Exit codes of section 5.
@@ -23,6 +24,7 @@ pub async fn run(
     handler: Arc<dyn Handler>,
     validator: Validator,
     metrics: Metrics,
+    shutdown: Shutdown,
 ) -> i32 {
     let span = crate::logging::invocation_span(&oneshot.execution_id, oneshot.trace_id.as_deref());
     async {
@@ -39,7 +41,15 @@ pub async fn run(
         inv.function_name = config.function_name.clone();
         inv.cold_start = true;
 
-        let result = execute(config, &handler, &validator, &metrics, payload, inv.clone()).await;
+        // A SIGTERM (the Job deleted, its deadline passed) cancels the run;
+        // the result is still reported, so nothing ends silently.
+        let result = tokio::select! {
+            r = execute(config, &handler, &validator, &metrics, payload, inv.clone()) => r,
+            _ = shutdown.requested() => Err(InvokeError::new(
+                ErrorCode::Cancelled,
+                "the watchdog was told to stop (SIGTERM or SIGINT) before the function finished",
+            )),
+        };
         handler.shutdown().await;
         match &result {
             Ok(_) => tracing::info!("function succeeded"),

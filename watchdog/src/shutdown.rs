@@ -43,13 +43,18 @@ impl Shutdown {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn signal() {
+/// Installs the SIGTERM and SIGINT handlers now (so a signal that comes
+/// while starting is not fatal), and calls `shutdown.request()` on the first.
+pub fn on_signal(shutdown: &Shutdown) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received: draining"),
-        _ = int.recv() => tracing::info!("SIGINT received: draining"),
-    }
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received: draining"),
+            _ = int.recv() => tracing::info!("SIGINT received: draining"),
+        }
+        shutdown.request();
+    });
 }

@@ -79,6 +79,10 @@ impl ProcessGroup {
             return;
         }
         let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGTERM);
+        self.kill_after(grace).await;
+    }
+
+    async fn kill_after(self, grace: Duration) {
         let step = Duration::from_millis(10);
         let mut waited = Duration::ZERO;
         while waited < grace {
@@ -91,15 +95,17 @@ impl ProcessGroup {
         let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
     }
 
-    /// Stops the group in the background: used when an invocation ends
-    /// (cut by its deadline, or done but leaving strays behind).
+    /// Stops the group without waiting: used when an invocation ends (cut
+    /// by its deadline, or done but leaving strays behind). SIGTERM goes
+    /// out at once, so it is sent even if the process exits right after.
     pub fn stop_in_background(self, grace: Duration) {
         if !self.exists() {
             return;
         }
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGTERM);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(self.stop(grace));
+                rt.spawn(self.kill_after(grace));
             }
             Err(_) => {
                 let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
@@ -295,7 +301,9 @@ pub fn timeout_error(execution_id: &str, budget: Duration) -> InvokeError {
         format!(
             "execution {} did not finish within its {} ms deadline (TIMEOUT_MS or X-Timeout-Ms)",
             execution_id,
-            budget.as_millis()
+            // Measured just after the deadline was set: round the few
+            // microseconds spent since then back up.
+            budget.as_micros().div_ceil(1000)
         ),
     )
 }

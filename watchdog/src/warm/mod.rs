@@ -235,13 +235,6 @@ pub async fn run(
         });
     }
 
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            crate::shutdown::signal().await;
-            shutdown.request();
-        });
-    }
     shutdown.requested().await;
 
     // Drain (section 10): refuse new work, finish what was accepted.
