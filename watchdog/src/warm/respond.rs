@@ -100,7 +100,9 @@ where
                     serde_json::to_vec(output).unwrap_or_default(),
                 ),
                 Err(e) => {
-                    if !reply.accepted {
+                    // Shed load counts as a rejection although the invocation was
+                    // parsed: it never ran.
+                    if !reply.accepted || e.code == ErrorCode::Overloaded {
                         state
                             .metrics
                             .rejected(&e.code.as_str().to_ascii_lowercase());

@@ -1,0 +1,77 @@
+"""An HTTP runtime for the watchdog's HTTP runner, standard library only.
+
+Listens on 127.0.0.1:$PORT (the watchdog sets PORT to the runtime's port).
+GET /health answers 200; POST /invoke echoes the payload and the forwarded headers:
+
+    {"payload": <body JSON>, "headers": {...}, "pid": <server pid>}
+
+A payload object (or its "input" object) may ask for test behaviours:
+{"status": 500} answers with that status, {"sleep": 1.5} sleeps first,
+{"exit": 1} exits the server with that code right after answering.
+UPSTREAM_START_DELAY (seconds) delays listening, to show readiness waits on health.
+"""
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FORWARDED = ("x-execution-id", "x-trace-id", "traceparent", "x-dispatch-attempt", "idempotency-key")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer has Content-Length
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def do_GET(self):
+        if self.path == "/health":
+            self._send(200, {"status": "ok"})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if self.path != "/invoke":
+            self._send(404, {"error": "not found"})
+            return
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            self._send(400, {"error": "body is not JSON"})
+            return
+        spec = payload if isinstance(payload, dict) else {}
+        if isinstance(spec.get("input"), dict):
+            spec = spec["input"]
+        if "sleep" in spec:
+            time.sleep(float(spec["sleep"]))
+        if "status" in spec:
+            self._send(int(spec["status"]), {"error": f"upstream asked to answer {spec['status']}"})
+        else:
+            headers = {k: self.headers[k] for k in FORWARDED if self.headers.get(k) is not None}
+            self._send(200, {"payload": payload, "headers": headers, "pid": os.getpid()})
+        if "exit" in spec:
+            code = int(spec["exit"])
+            # Let the answer leave before the process goes.
+            threading.Timer(0.05, lambda: os._exit(code)).start()
+
+    def log_message(self, fmt, *args):
+        print("upstream: " + fmt % args, flush=True)
+
+
+if __name__ == "__main__":
+    time.sleep(float(os.environ.get("UPSTREAM_START_DELAY", "0")))
+    port = int(os.environ.get("PORT", "8081"))
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    print(f"upstream: listening on 127.0.0.1:{port}", flush=True)
+    server.serve_forever()

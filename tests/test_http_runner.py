@@ -1,0 +1,190 @@
+"""The HTTP runner (contract section 2) against examples/http-upstream/server.py."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from harness import EXAMPLES, FIXTURES, PY, REPO, Warm, clean_env, free_port, kill_pid, pid_alive, run_oneshot, wait_until
+
+SERVER_CMD = "python3 examples/http-upstream/server.py"  # relative: the watchdog runs with cwd=REPO
+
+
+@pytest.fixture
+def upstream_pids():
+    """Pids of upstream servers seen in answers; killed after the test if still alive."""
+    pids = set()
+    yield pids
+    for pid in pids:
+        kill_pid(pid)
+
+
+def http_env(runtime_port, **overrides):
+    base = {"EXECUTION_MODE": "HTTP", "WATCHDOG_CMD": SERVER_CMD,
+            "RUNTIME_URL": f"http://127.0.0.1:{runtime_port}/invoke"}
+    base.update(overrides)
+    return clean_env(**base)
+
+
+def invoke(w, pids, payload, **kw):
+    r = w.post(json=payload, **kw)
+    if r.status_code == 200 and isinstance(r.json(), dict) and "pid" in r.json():
+        pids.add(r.json()["pid"])
+    return r
+
+
+def assert_error(resp, status, code):
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    body = resp.json()
+    assert set(body) == {"error", "code"}, body
+    assert body["code"] == code, body
+    return body["error"]
+
+
+def test_ready_only_once_upstream_health_is_200(upstream_pids):
+    port = free_port()
+    env = http_env(port, UPSTREAM_START_DELAY="1.0")
+    with Warm(env, cwd=REPO, wait_ready=False) as w:
+        r = w.get("/health")
+        assert r.status_code == 503, r.text
+        assert r.json()["status"] == "starting"
+        assert_error(w.post(json={}), 503, "NOT_READY")
+        wait_until(lambda: w.get("/health").status_code == 200, 10)
+        r = invoke(w, upstream_pids, {"input": "hi"})
+        assert r.status_code == 200, r.text
+        assert r.json()["payload"] == {"input": "hi"}
+
+
+def test_child_gets_port_of_runtime_and_payload_round_trips(upstream_pids):
+    port = free_port()
+    with Warm(http_env(port), cwd=REPO) as w:
+        payload = {"input": {"big": 123456789012345678901234567890, "u": "日本 😀"}, "metadata": {}}
+        r = invoke(w, upstream_pids, payload)
+        assert r.status_code == 200, r.text
+        assert r.json()["payload"] == payload
+        # the upstream listens where RUNTIME_URL says
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+
+
+def test_forwards_request_headers(upstream_pids):
+    with Warm(http_env(free_port()), cwd=REPO) as w:
+        hdrs = {
+            "X-Execution-Id": "exec-http-1",
+            "X-Trace-Id": "trace-http-1",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "X-Dispatch-Attempt": "3",
+            "Idempotency-Key": "idem-http-1",
+        }
+        r = invoke(w, upstream_pids, {"x": 1}, headers=hdrs)
+        assert r.status_code == 200, r.text
+        assert r.headers.get("X-Execution-Id") == "exec-http-1"
+        assert r.json()["headers"] == {k.lower(): v for k, v in hdrs.items()}
+
+
+def test_upstream_500_is_function_error_with_status(upstream_pids):
+    with Warm(http_env(free_port()), cwd=REPO) as w:
+        invoke(w, upstream_pids, {})
+        msg = assert_error(w.post(json={"status": 500}), 500, "FUNCTION_ERROR")
+        assert "500" in msg
+
+
+def test_slow_upstream_is_504_timeout(upstream_pids):
+    with Warm(http_env(free_port(), TIMEOUT_MS=500), cwd=REPO) as w:
+        invoke(w, upstream_pids, {})
+        start = time.monotonic()
+        assert_error(w.post(json={"sleep": 2}), 504, "TIMEOUT")
+        assert time.monotonic() - start < 1.8
+        # the runtime is still usable afterwards
+        assert invoke(w, upstream_pids, {"after": 1}).status_code == 200
+
+
+def test_upstream_death_makes_watchdog_unready_and_exit_nonzero(upstream_pids):
+    with Warm(http_env(free_port()), cwd=REPO) as w:
+        r = invoke(w, upstream_pids, {"exit": 1})
+        assert r.status_code == 200, r.text
+
+        def not_healthy():
+            try:
+                return w.get("/health", timeout=1).status_code != 200
+            except requests.RequestException:
+                return True  # already gone
+
+        wait_until(not_healthy, 5)
+        rc = w.wait(10)
+        assert rc != 0
+
+
+def test_sigterm_stops_upstream_child(upstream_pids):
+    with Warm(http_env(free_port()), cwd=REPO) as w:
+        r = invoke(w, upstream_pids, {})
+        pid = r.json()["pid"]
+        w.signal(signal.SIGTERM)
+        assert w.wait(10) == 0
+    wait_until(lambda: not pid_alive(pid), 3)
+
+
+def test_never_healthy_child_is_startup_error_in_oneshot(tmp_path):
+    pidfile = tmp_path / "pid"
+    env = http_env(free_port(), WATCHDOG_CMD=f"{PY} {FIXTURES / 'never_ready.py'}", PIDFILE=pidfile,
+                   READY_TIMEOUT_MS=500, EXECUTION_ID="exec-never", INVOCATION_PAYLOAD="{}")
+    try:
+        start = time.monotonic()
+        cp = run_oneshot(env, timeout=20)
+        assert time.monotonic() - start < 5
+        lines = [l for l in cp.stdout.decode().splitlines() if l.strip()]
+        assert lines, cp.stderr.decode(errors="replace")
+        res = json.loads(lines[-1])
+        assert res["success"] is False
+        assert res["error"]["code"] == "STARTUP_ERROR", res
+        assert cp.returncode == 1
+    finally:
+        if pidfile.exists():
+            kill_pid(int(pidfile.read_text()))
+
+
+def test_child_failing_before_ready_is_startup_error_at_once():
+    env = http_env(free_port(), WATCHDOG_CMD=f"{PY} {FIXTURES / 'fail.py'}", READY_TIMEOUT_MS=10000,
+                   EXECUTION_ID="exec-fail-start", INVOCATION_PAYLOAD="{}")
+    start = time.monotonic()
+    cp = run_oneshot(env, timeout=20)
+    assert time.monotonic() - start < 5, "did not fail at once"
+    res = json.loads([l for l in cp.stdout.decode().splitlines() if l.strip()][-1])
+    assert res["error"]["code"] == "STARTUP_ERROR", res
+    assert "STDERR-TAIL" in res["error"]["message"]
+    assert cp.returncode == 1
+
+
+def test_oneshot_http_runner_returns_upstream_output():
+    port = free_port()
+    env = http_env(port, EXECUTION_ID="exec-http-oneshot", INVOCATION_PAYLOAD='{"input": 5}', TRACE_ID="tr-1")
+    cp = run_oneshot(env, cwd=REPO, timeout=20)
+    lines = [l for l in cp.stdout.decode().splitlines() if l.strip()]
+    assert lines, cp.stderr.decode(errors="replace")
+    res = json.loads(lines[-1])
+    if isinstance(res.get("output"), dict) and "pid" in res["output"]:
+        kill_pid(res["output"]["pid"])  # in case the watchdog left its child behind
+    assert cp.returncode == 0, cp.stderr.decode(errors="replace")
+    assert res["success"] is True, res
+    assert res["output"]["payload"] == {"input": 5}
+    assert res["output"]["headers"]["x-execution-id"] == "exec-http-oneshot"
+    assert res["output"]["headers"]["x-trace-id"] == "tr-1"
+
+
+def test_launcher_exiting_0_with_external_upstream_works():
+    port = free_port()
+    upstream = subprocess.Popen([PY, str(EXAMPLES / "http-upstream" / "server.py")],
+                                env=clean_env(PORT=port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with Warm(http_env(port, WATCHDOG_CMD="sleep 0"), cwd=REPO) as w:
+            r = w.post(json={"via": "launcher"})
+            assert r.status_code == 200, r.text
+            assert r.json()["payload"] == {"via": "launcher"}
+            assert r.json()["pid"] == upstream.pid
+            assert w.get("/health").status_code == 200
+    finally:
+        upstream.kill()
+        upstream.wait(5)
