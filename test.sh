@@ -14,4 +14,4 @@ cargo test -p runtime-sdk -p watchdog
 echo "== black-box tests (pytest)"
 export WATCHDOG_BIN="$PWD/target/debug/watchdog"
 python3 -m pytest -q -p no:cacheprovider \
-  tests/test_config.py tests/test_oneshot.py tests/test_warm.py tests/test_http_runner.py
+  tests/test_config.py tests/test_oneshot.py tests/test_warm.py tests/test_http_runner.py tests/test_loop.py

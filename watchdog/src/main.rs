@@ -54,7 +54,9 @@ fn main() {
                 )
                 .await
             }
-            Mode::Oneshot(o) => oneshot::run(&config, o, handler, validator, metrics, shutdown).await,
+            Mode::Oneshot(o) => {
+                oneshot::run(&config, o, handler, validator, metrics, shutdown).await
+            }
         }
     });
     // Background tasks (a stuck Python thread, a blocked read) must not

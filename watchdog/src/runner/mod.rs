@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod http;
+pub mod kept;
 pub mod process;
 pub mod stdio;
 
@@ -19,7 +20,7 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> Arc<dyn Handler> {
         RunnerConfig::Stdio(p) => Arc::new(stdio::StdioRunner::new(p.clone())),
         RunnerConfig::File(f) => Arc::new(file::FileRunner::new(f.clone())),
         RunnerConfig::Http(h) => Arc::new(http::HttpRunner::new(h.clone(), shutdown.clone())),
-        RunnerConfig::Loop(_) => unimplemented!("LOOP runner"),
+        RunnerConfig::Loop(p) => Arc::new(kept::LoopRunner::from_config(p.clone(), config)),
         #[cfg(feature = "python")]
         RunnerConfig::Python(p) => Arc::new(runtime_python::PythonHandler::new(
             runtime_python::PythonConfig {

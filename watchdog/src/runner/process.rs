@@ -146,7 +146,7 @@ pub struct Tail {
 }
 
 impl Tail {
-    fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend(bytes);
         let excess = self.buf.len().saturating_sub(STDERR_TAIL_BYTES);
         self.buf.drain(..excess);

@@ -1,0 +1,1139 @@
+//! `LOOP` (contract sections 2 and 8): `MAX_CONCURRENCY` kept children, each
+//! running one invocation at a time. An invocation is one JSON line on the
+//! child's stdin; its result is one JSON line on the child's fd 3, so stdout
+//! and stderr stay free for logs. (`loop` is a keyword, hence the name.)
+//!
+//! Each slot has a supervisor task that owns its child outright: it writes
+//! the request, reads fd 3, forwards stdout and stderr, watches the exit and
+//! the deadline, and restarts the child. Owning everything in one task is
+//! what lets output be attributed to the invocation in flight without locks:
+//! when a result arrives, whatever the child printed before it is already in
+//! the pipes and is read then, in the invocation's span.
+//!
+//! Idle supervisors take jobs from one shared queue, so a job goes to an idle
+//! child and a busy child never gets a second one. `docs/loop-protocol.md`
+//! describes the protocol and what happens on each fault.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use runtime_sdk::{BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Span;
+
+use super::process::{self, GroupGuard, ProcessGroup, Tail};
+use crate::config::{Config, Mode, ProcessConfig};
+
+/// The child's file descriptor for result lines (section 8).
+pub const RESULT_FD: RawFd = 3;
+
+/// How long start-up waits after spawning, so a child that dies at once is
+/// seen before the watchdog says it is ready (warm mode only).
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// A child that dies (or breaks the protocol) before its first invocation and
+/// sooner than this after its start is crashing at start: it is restarted
+/// with backoff, and its slot counts as unusable for `/health`.
+const STABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Restart backoff after crashes at start: doubling from the first to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A result line longer than this is a protocol error (the child is killed)
+/// rather than a reason to buffer without bound.
+const MAX_RESULT_LINE: usize = 64 * 1024 * 1024;
+
+/// A log line longer than this is forwarded in pieces (as `process.rs` does).
+const MAX_LOG_LINE: usize = 64 * 1024;
+
+const CHUNK: usize = 16 * 1024;
+
+/// When a job ends, output already in the pipes is read at once, up to this
+/// many chunks, so a chatty grandchild cannot hold the answer.
+const DRAIN_CHUNKS: usize = 64;
+
+/// Restart delay after `failures` consecutive crashes at start.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
+}
+
+type Queue = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>;
+
+pub struct LoopRunner {
+    shared: Arc<Shared>,
+    slots: usize,
+    settle: Duration,
+    jobs: mpsc::UnboundedSender<Job>,
+    queue: Queue,
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the supervisors and the runner share.
+struct Shared {
+    cfg: ProcessConfig,
+    stop: CancellationToken,
+    started: AtomicBool,
+    slots: Mutex<Vec<SlotHealth>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SlotHealth {
+    /// Has a child that can take an invocation (or is being replaced after
+    /// a normal death); false while crashing at start.
+    usable: bool,
+    /// Why the last child crashed at start.
+    failure: Option<String>,
+}
+
+impl Shared {
+    fn set_usable(&self, slot: usize) {
+        let mut slots = self.slots.lock().unwrap();
+        slots[slot].usable = true;
+        slots[slot].failure = None;
+    }
+
+    fn set_failed(&self, slot: usize, reason: String) {
+        let mut slots = self.slots.lock().unwrap();
+        slots[slot].usable = false;
+        slots[slot].failure = Some(reason);
+    }
+}
+
+/// One invocation waiting for, or held by, a child.
+struct Job {
+    id: String,
+    /// The request line, newline included.
+    line: Vec<u8>,
+    deadline: Instant,
+    budget: Duration,
+    /// The invocation's span: the child's output is logged in it.
+    span: Span,
+    reply: oneshot::Sender<InvokeResult>,
+}
+
+impl Job {
+    fn answer(self, result: InvokeResult) {
+        // The caller may have gone (deadline, disconnect): nothing to do then.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The request line of section 8.
+#[derive(Serialize)]
+struct RequestLine<'a> {
+    id: &'a str,
+    payload: &'a Value,
+    deadline_ms: u64,
+    trace_id: Option<&'a str>,
+}
+
+fn request_line(inv: &Invocation) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&RequestLine {
+        id: &inv.execution_id,
+        payload: &inv.payload,
+        deadline_ms: inv.deadline_unix_ms,
+        trace_id: inv.trace_id.as_deref(),
+    })
+    .expect("JSON values serialise");
+    // serde_json escapes newlines inside strings, so this is the only one.
+    line.push(b'\n');
+    line
+}
+
+impl LoopRunner {
+    /// `slots` children; one-shot mode runs a single invocation, so it keeps
+    /// one child and skips the settle wait.
+    pub fn from_config(cfg: ProcessConfig, config: &Config) -> Self {
+        match config.mode {
+            Mode::Warm(_) => LoopRunner::new(cfg, config.max_concurrency, SETTLE),
+            Mode::Oneshot(_) => LoopRunner::new(cfg, 1, Duration::ZERO),
+        }
+    }
+
+    pub fn new(cfg: ProcessConfig, slots: usize, settle: Duration) -> Self {
+        let slots = slots.max(1);
+        let (jobs, queue) = mpsc::unbounded_channel();
+        LoopRunner {
+            shared: Arc::new(Shared {
+                cfg,
+                stop: CancellationToken::new(),
+                started: AtomicBool::new(false),
+                slots: Mutex::new(vec![SlotHealth::default(); slots]),
+            }),
+            slots,
+            settle,
+            jobs,
+            queue: Arc::new(tokio::sync::Mutex::new(queue)),
+            supervisors: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Ready once every child is spawned and `settle` has passed. A command
+    /// that cannot be spawned at all is a start-up error; a child that dies
+    /// is the supervisors' business (restart, backoff, `health`).
+    async fn start_children(&self) -> InvokeResult {
+        let mut firsts = Vec::with_capacity(self.slots);
+        {
+            let mut supervisors = self.supervisors.lock().unwrap();
+            if !supervisors.is_empty() {
+                return Ok(Value::Null);
+            }
+            for slot in 0..self.slots {
+                let (tx, rx) = oneshot::channel();
+                supervisors.push(tokio::spawn(supervise(
+                    self.shared.clone(),
+                    self.queue.clone(),
+                    slot,
+                    tx,
+                )));
+                firsts.push(rx);
+            }
+        }
+        for first in firsts {
+            if let Ok(Err(e)) = first.await {
+                return Err(InvokeError::new(ErrorCode::StartupError, e.message));
+            }
+        }
+        self.shared.started.store(true, Ordering::Release);
+        tokio::time::sleep(self.settle).await;
+        tracing::info!(children = self.slots, "LOOP children started");
+        Ok(Value::Null)
+    }
+
+    async fn call(&self, inv: Invocation) -> InvokeResult {
+        let budget = inv.remaining();
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            id: inv.execution_id.clone(),
+            line: request_line(&inv),
+            deadline: inv.deadline,
+            budget,
+            span: Span::current(),
+            reply,
+        };
+        if self.shared.stop.is_cancelled() || self.jobs.send(job).is_err() {
+            return Err(cancelled());
+        }
+        // The supervisor enforces the deadline on the child; this makes sure
+        // the caller gets its answer by then even while every child is busy
+        // or restarting.
+        match tokio::time::timeout_at(inv.deadline.into(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(cancelled()),
+            Err(_) => Err(process::timeout_error(&inv.execution_id, budget)),
+        }
+    }
+
+    async fn stop_children(&self) {
+        self.shared.stop.cancel();
+        let supervisors = std::mem::take(&mut *self.supervisors.lock().unwrap());
+        for s in supervisors {
+            let _ = s.await;
+        }
+        // Whatever is still queued will never run.
+        let mut queue = self.queue.lock().await;
+        queue.close();
+        while let Ok(job) = queue.try_recv() {
+            job.answer(Err(cancelled()));
+        }
+    }
+}
+
+fn cancelled() -> InvokeError {
+    InvokeError::new(
+        ErrorCode::Cancelled,
+        "shut down before it ran (the LOOP children are stopping)",
+    )
+}
+
+impl Handler for LoopRunner {
+    fn mode(&self) -> &'static str {
+        "LOOP"
+    }
+
+    fn start(&self) -> BoxFuture<'_, InvokeResult> {
+        Box::pin(self.start_children())
+    }
+
+    fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult> {
+        Box::pin(self.call(inv))
+    }
+
+    fn health(&self) -> Health {
+        if !self.shared.started.load(Ordering::Acquire) {
+            return Health::Starting;
+        }
+        let slots = self.shared.slots.lock().unwrap();
+        if slots.iter().any(|s| s.usable) {
+            return Health::Ready;
+        }
+        match slots.iter().find_map(|s| s.failure.clone()) {
+            Some(reason) => Health::Unhealthy(format!(
+                "no LOOP child is usable, restarting with backoff: {reason}"
+            )),
+            None => Health::Starting,
+        }
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_children())
+    }
+}
+
+/// How a child's life ended.
+enum End {
+    /// The watchdog is shutting down: no restart.
+    Stopped,
+    /// Died or broke the protocol before its first invocation, soon after
+    /// its start: a crash at start, restarted with backoff.
+    Early(String),
+    /// Any other end: restarted at once.
+    Done,
+}
+
+/// One slot: starts its child, serves jobs with it, restarts it when it
+/// ends, until shutdown.
+async fn supervise(
+    shared: Arc<Shared>,
+    queue: Queue,
+    slot: usize,
+    first: oneshot::Sender<Result<(), InvokeError>>,
+) {
+    let mut first = Some(first);
+    let mut failures: u32 = 0;
+    // A job taken by a child found dead before it was sent: the next child
+    // runs it, so a child dying while idle loses nothing.
+    let mut carried: Option<Job> = None;
+    loop {
+        if failures > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff(failures)) => {}
+                _ = shared.stop.cancelled() => break,
+            }
+        }
+        if shared.stop.is_cancelled() {
+            break;
+        }
+        let mut kept = match Kept::spawn(&shared.cfg) {
+            Ok(k) => k,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::error!(slot, error = %e.message, "cannot start the LOOP child");
+                shared.set_failed(slot, e.message.clone());
+                if let Some(f) = first.take() {
+                    let _ = f.send(Err(e));
+                }
+                continue;
+            }
+        };
+        if let Some(f) = first.take() {
+            let _ = f.send(Ok(()));
+        }
+        if failures == 0 {
+            shared.set_usable(slot);
+        }
+        tracing::debug!(slot, pid = kept.pid, "LOOP child started");
+        match kept.serve(&shared, &queue, slot, &mut carried).await {
+            End::Stopped => break,
+            End::Early(reason) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(
+                    slot,
+                    pid = kept.pid,
+                    retry_in_ms = backoff(failures).as_millis() as u64,
+                    "the LOOP child crashed at start: {reason}"
+                );
+                shared.set_failed(slot, reason);
+            }
+            End::Done => failures = 0,
+        }
+    }
+    if let Some(job) = carried {
+        job.answer(Err(cancelled()));
+    }
+}
+
+/// Splits one output stream of the child into log lines.
+struct LogStream<R> {
+    reader: R,
+    name: &'static str,
+    open: bool,
+    buf: Box<[u8]>,
+    line: Vec<u8>,
+    /// stderr keeps its last bytes for error messages.
+    tail: Option<Tail>,
+}
+
+impl<R: AsyncRead + AsRawFd + Unpin> LogStream<R> {
+    fn new(reader: R, name: &'static str, keep_tail: bool) -> Self {
+        LogStream {
+            reader,
+            name,
+            open: true,
+            buf: vec![0u8; CHUNK].into_boxed_slice(),
+            line: Vec::new(),
+            tail: keep_tail.then(Tail::default),
+        }
+    }
+
+    async fn read(&mut self) -> std::io::Result<usize> {
+        self.reader.read(&mut self.buf).await
+    }
+
+    /// Handles what `read` returned, logging whole lines in `span`.
+    fn feed(&mut self, read: std::io::Result<usize>, span: Option<&Span>) {
+        let n = match read {
+            Ok(0) | Err(_) => {
+                self.open = false;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if let Some(t) = &mut self.tail {
+            t.push(&self.buf[..n]);
+        }
+        let mut rest = &self.buf[..n];
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&rest[..pos]);
+            emit(self.name, &self.line, span);
+            self.line.clear();
+            rest = &rest[pos + 1..];
+        }
+        self.line.extend_from_slice(rest);
+        if self.line.len() >= MAX_LOG_LINE {
+            emit(self.name, &self.line, span);
+            self.line.clear();
+        }
+    }
+
+    /// Reads what is in the pipe right now, without waiting, then logs a
+    /// partial last line too: all of it belongs to the job that just ended.
+    /// A raw read sees bytes tokio's readiness may not have noticed yet (the
+    /// fd is non-blocking, so an empty pipe answers `EAGAIN`).
+    fn drain_now(&mut self, span: Option<&Span>) {
+        for _ in 0..DRAIN_CHUNKS {
+            if !self.open {
+                break;
+            }
+            match nix::unistd::read(self.reader.as_raw_fd(), &mut self.buf) {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Ok(n) => self.feed(Ok(n), span),
+                Err(e) => self.feed(Err(e.into()), span),
+            }
+        }
+        if !self.line.is_empty() {
+            emit(self.name, &self.line, span);
+            self.line.clear();
+        }
+    }
+
+    fn tail_text(&self) -> String {
+        self.tail.as_ref().map(Tail::text).unwrap_or_default()
+    }
+}
+
+/// Logs one line of the child's output, in the invocation's span when one
+/// is in flight, so the line carries its execution and trace ids.
+fn emit(stream: &'static str, line: &[u8], span: Option<&Span>) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    let log = || tracing::info!(target: "function", stream, "{text}");
+    match span {
+        Some(span) => span.in_scope(log),
+        None => log(),
+    }
+}
+
+/// Bytes read from fd 3, cut into lines.
+#[derive(Default)]
+struct ResultBuf {
+    buf: Vec<u8>,
+    /// How far `buf` is known to hold no newline.
+    scanned: usize,
+}
+
+impl ResultBuf {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete line that is not blank, taken out of the buffer.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let pos = self.scanned + self.buf[self.scanned..].iter().position(|&b| b == b'\n')?;
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            self.scanned = 0;
+            if !line.trim_ascii().is_empty() {
+                return Some(line);
+            }
+        }
+    }
+
+    fn mark_scanned(&mut self) {
+        self.scanned = self.buf.len();
+    }
+
+    fn is_blank(&self) -> bool {
+        self.buf.trim_ascii().is_empty()
+    }
+
+    fn too_long(&self) -> bool {
+        self.buf.len() > MAX_RESULT_LINE
+    }
+}
+
+/// A result line, judged against the job in flight: `Ok` with the
+/// invocation's outcome, or `Err` with why the line breaks the protocol
+/// (the child is then killed).
+fn parse_result(line: &[u8], expected_id: &str) -> Result<InvokeResult, String> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        format!(
+            "the LOOP child wrote a result line on fd 3 that is not JSON ({e}): {:?}",
+            process::preview(text, 200)
+        )
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(format!(
+            "the LOOP child wrote a result line on fd 3 that is not a JSON object: {:?}",
+            process::preview(text, 200)
+        ));
+    };
+    match obj.get("id") {
+        Some(Value::String(id)) if id == expected_id => {}
+        Some(Value::String(id)) => {
+            return Err(format!(
+                "the LOOP child answered id {id:?} while {expected_id:?} was in flight"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "the LOOP child wrote a result line with no string \"id\": {:?}",
+                process::preview(text, 200)
+            ))
+        }
+    }
+    match obj.remove("error") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(e)) => {
+            let code = match e.get("code") {
+                Some(Value::String(c)) if !c.is_empty() => c.as_str(),
+                _ => ErrorCode::HandlerError.as_str(),
+            };
+            let message = match e.get("message") {
+                Some(Value::String(m)) => m.clone(),
+                None | Some(Value::Null) => String::new(),
+                Some(other) => other.to_string(),
+            };
+            return Ok(Err(InvokeError::new(ErrorCode::parse(code), message)));
+        }
+        Some(_) => {
+            return Err(
+                "the LOOP child's \"error\" must be an object {\"code\": ..., \"message\": ...}"
+                    .to_owned(),
+            )
+        }
+    }
+    match obj.remove("output") {
+        Some(output) => Ok(Ok(output)),
+        None => Err(format!(
+            "the LOOP child's result line has neither \"output\" nor \"error\": {:?}",
+            process::preview(text, 200)
+        )),
+    }
+}
+
+/// How a job in flight ended, seen from the child's side.
+enum Busy {
+    Line(Vec<u8>),
+    Exited(ExitStatus),
+    WaitFailed(String),
+    Deadline,
+    Abandoned,
+    Stopped,
+    Broken(String),
+}
+
+/// One running child and everything it is read and written through.
+struct Kept {
+    pid: u32,
+    child: Child,
+    group: ProcessGroup,
+    grace: Duration,
+    /// Stops the group if the task holding this is dropped (runtime exit).
+    _guard: GroupGuard,
+    stdin: Option<ChildStdin>,
+    stdout: LogStream<ChildStdout>,
+    stderr: LogStream<ChildStderr>,
+    results: pipe::Receiver,
+    results_open: bool,
+    results_chunk: Box<[u8]>,
+    pending: ResultBuf,
+    started: Instant,
+    /// Jobs sent to this child (carried ones excluded).
+    jobs: u64,
+}
+
+impl Kept {
+    fn spawn(cfg: &ProcessConfig) -> Result<Kept, InvokeError> {
+        let start_error = |e: std::io::Error| {
+            InvokeError::new(
+                ErrorCode::FunctionError,
+                format!(
+                    "could not create the result pipe for `{}`: {e}",
+                    cfg.argv[0]
+                ),
+            )
+        };
+        // Close-on-exec on both ends, so no other child inherits them; the
+        // child's fd 3 is a dup without that flag. Blocking on the child's
+        // side, so adapters can write with plain blocking calls.
+        let (tx, rx) = pipe::pipe().map_err(start_error)?;
+        let mut write_end: OwnedFd = tx.into_blocking_fd().map_err(start_error)?;
+        if write_end.as_raw_fd() == RESULT_FD {
+            // dup2 onto itself would keep close-on-exec: move it first.
+            write_end = write_end.try_clone().map_err(start_error)?;
+        }
+        let raw = write_end.as_raw_fd();
+
+        let mut cmd = process::command(cfg, None);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: runs between fork and exec, and only calls dup2, which is
+        // async-signal-safe; it allocates nothing. (libc through nix: its
+        // own `dup2` needs a cargo feature the watchdog does not enable.)
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::libc::dup2(raw, RESULT_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (mut child, group) = process::spawn(&mut cmd, &cfg.argv[0])?;
+        // Our copy must go, or fd 3 would never reach end-of-file.
+        drop(write_end);
+        let pid = child.id().unwrap_or(0);
+        Ok(Kept {
+            pid,
+            stdin: child.stdin.take(),
+            stdout: LogStream::new(child.stdout.take().expect("piped"), "stdout", false),
+            stderr: LogStream::new(child.stderr.take().expect("piped"), "stderr", true),
+            child,
+            group,
+            grace: cfg.kill_grace,
+            _guard: GroupGuard::new(group, cfg.kill_grace),
+            results: rx,
+            results_open: true,
+            results_chunk: vec![0u8; CHUNK].into_boxed_slice(),
+            pending: ResultBuf::default(),
+            started: Instant::now(),
+            jobs: 0,
+        })
+    }
+
+    /// Serves jobs until the child ends or the watchdog stops.
+    async fn serve(
+        &mut self,
+        shared: &Shared,
+        queue: &Queue,
+        slot: usize,
+        carried: &mut Option<Job>,
+    ) -> End {
+        let stable = tokio::time::sleep_until((self.started + STABLE_AFTER).into());
+        tokio::pin!(stable);
+        let mut proven = false;
+        loop {
+            let job = match carried.take() {
+                Some(job) => job,
+                None => {
+                    let next = next_job(queue.clone());
+                    tokio::pin!(next);
+                    let idle = loop {
+                        tokio::select! {
+                            biased;
+                            _ = shared.stop.cancelled() => break Err(None),
+                            status = self.child.wait() => {
+                                self.drain_outputs(None);
+                                break Err(Some(describe_exit(status, &self.stderr)));
+                            }
+                            read = self.results.read(&mut self.results_chunk), if self.results_open => {
+                                if let Some(reason) = self.unasked(read).await {
+                                    break Err(Some(reason));
+                                }
+                            }
+                            job = &mut next => match job {
+                                Some(job) => break Ok(job),
+                                None => break Err(None),
+                            },
+                            _ = &mut stable, if !proven => {
+                                proven = true;
+                                shared.set_usable(slot);
+                            }
+                            read = self.stdout.read(), if self.stdout.open => self.stdout.feed(read, None),
+                            read = self.stderr.read(), if self.stderr.open => self.stderr.feed(read, None),
+                        }
+                    };
+                    match idle {
+                        Ok(job) => job,
+                        Err(None) => {
+                            self.stop(None).await;
+                            return End::Stopped;
+                        }
+                        Err(Some(reason)) => {
+                            self.stop(None).await;
+                            return self.ended(reason);
+                        }
+                    }
+                }
+            };
+
+            // Abandoned while queued: its caller already has a TIMEOUT.
+            if job.reply.is_closed() {
+                continue;
+            }
+            if Instant::now() >= job.deadline {
+                let e = process::timeout_error(&job.id, job.budget);
+                job.answer(Err(e));
+                continue;
+            }
+            // Found dead as the job arrived: the next child takes it.
+            if let Ok(Some(status)) = self.child.try_wait() {
+                *carried = Some(job);
+                self.drain_outputs(None);
+                let reason = describe_exit(Ok(status), &self.stderr);
+                self.stop(None).await;
+                return self.ended(reason);
+            }
+            self.jobs += 1;
+            match self.run(job, shared).await {
+                Some(end) => return end,
+                None => {
+                    if !proven {
+                        proven = true;
+                        shared.set_usable(slot);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles fd 3 data while no invocation is in flight: blank lines are
+    /// tolerated; anything else, or fd 3 closing, ends the child (`Some`).
+    async fn unasked(&mut self, read: std::io::Result<usize>) -> Option<String> {
+        match read {
+            Ok(n) if n > 0 => {
+                self.pending.push(&self.results_chunk[..n]);
+                if self.pending.is_blank() {
+                    return None;
+                }
+                let text = String::from_utf8_lossy(&self.pending.buf).into_owned();
+                Some(format!(
+                    "the LOOP child wrote on fd 3 with no invocation in flight: {:?}",
+                    process::preview(&text, 200)
+                ))
+            }
+            // fd 3 closed: normally the child is exiting; one that lives on
+            // can no longer answer, so it is replaced.
+            _ => {
+                self.results_open = false;
+                let exit = tokio::time::timeout(process::PIPE_GRACE, self.child.wait()).await;
+                self.drain_outputs(None);
+                Some(match exit {
+                    Ok(status) => describe_exit(status, &self.stderr),
+                    Err(_) => "the LOOP child closed fd 3".to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Runs one job on this child. `None`: answered, the child can take the
+    /// next one; `Some`: the child is gone.
+    async fn run(&mut self, mut job: Job, shared: &Shared) -> Option<End> {
+        let span = job.span.clone();
+        let outcome = {
+            let Kept {
+                child,
+                stdin,
+                stdout,
+                stderr,
+                results,
+                results_open,
+                results_chunk,
+                pending,
+                ..
+            } = self;
+            let line = std::mem::take(&mut job.line);
+            let write = async move {
+                match stdin.as_mut() {
+                    Some(stdin) => {
+                        stdin.write_all(&line).await?;
+                        stdin.flush().await
+                    }
+                    None => Err(std::io::ErrorKind::BrokenPipe.into()),
+                }
+            };
+            tokio::pin!(write);
+            let mut written = false;
+            let deadline = tokio::time::sleep_until(job.deadline.into());
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shared.stop.cancelled() => break Busy::Stopped,
+                    read = results.read(results_chunk), if *results_open => match read {
+                        Ok(n) if n > 0 => {
+                            pending.push(&results_chunk[..n]);
+                            if let Some(line) = pending.next_line() {
+                                break Busy::Line(line);
+                            }
+                            if pending.too_long() {
+                                break Busy::Broken(format!(
+                                    "the LOOP child's result line is longer than {MAX_RESULT_LINE} bytes"
+                                ));
+                            }
+                            pending.mark_scanned();
+                        }
+                        // fd 3 closed: normally the child is exiting; one
+                        // that lives on can no longer answer.
+                        _ => match tokio::time::timeout(process::PIPE_GRACE, child.wait()).await {
+                            Ok(Ok(status)) => break Busy::Exited(status),
+                            Ok(Err(e)) => break Busy::WaitFailed(e.to_string()),
+                            Err(_) => break Busy::Broken("the LOOP child closed fd 3".to_owned()),
+                        },
+                    },
+                    status = child.wait() => match status {
+                        Ok(status) => break Busy::Exited(status),
+                        Err(e) => break Busy::WaitFailed(e.to_string()),
+                    },
+                    _ = &mut deadline => break Busy::Deadline,
+                    _ = job.reply.closed() => break Busy::Abandoned,
+                    result = &mut write, if !written => {
+                        written = true;
+                        // A child that closed stdin is judged by its exit,
+                        // its answer or the deadline, like any other.
+                        if let Err(e) = result {
+                            tracing::debug!(parent: &span, "writing to the LOOP child's stdin failed: {e}");
+                        }
+                    }
+                    read = stdout.read(), if stdout.open => stdout.feed(read, Some(&span)),
+                    read = stderr.read(), if stderr.open => stderr.feed(read, Some(&span)),
+                }
+            }
+        };
+
+        match outcome {
+            Busy::Line(line) => {
+                // Output printed before the answer is in the pipes by now.
+                self.drain_outputs(Some(&span));
+                match parse_result(&line, &job.id) {
+                    Ok(result) => {
+                        job.answer(result);
+                        if self.pending.is_blank() {
+                            self.pending = ResultBuf::default();
+                            return None;
+                        }
+                        let extra = String::from_utf8_lossy(&self.pending.buf).into_owned();
+                        self.stop(Some(&span)).await;
+                        Some(self.ended(format!(
+                            "the LOOP child wrote more than one result line: {:?}",
+                            process::preview(&extra, 200)
+                        )))
+                    }
+                    Err(reason) => {
+                        job.answer(Err(InvokeError::new(ErrorCode::FunctionError, &reason)));
+                        self.stop(Some(&span)).await;
+                        Some(self.ended(reason))
+                    }
+                }
+            }
+            Busy::Exited(status) => {
+                self.drain_outputs(Some(&span));
+                // An answer written just before exiting still counts.
+                if let Some(result) = self.last_words(&job.id) {
+                    job.answer(result);
+                } else {
+                    job.answer(Err(process::exit_error(status, &self.stderr.tail_text())));
+                }
+                let reason = describe_exit(Ok(status), &self.stderr);
+                self.stop(Some(&span)).await;
+                Some(self.ended(reason))
+            }
+            Busy::WaitFailed(e) => {
+                let reason = format!("could not wait for the LOOP child: {e}");
+                job.answer(Err(InvokeError::new(ErrorCode::FunctionError, &reason)));
+                self.stop(Some(&span)).await;
+                Some(self.ended(reason))
+            }
+            Busy::Deadline => {
+                let e = process::timeout_error(&job.id, job.budget);
+                job.answer(Err(e));
+                self.stop(Some(&span)).await;
+                Some(self.ended("it was stopped at its invocation's deadline".to_owned()))
+            }
+            Busy::Abandoned => {
+                self.stop(Some(&span)).await;
+                Some(self.ended(
+                    "its invocation was abandoned (deadline passed or caller gone)".to_owned(),
+                ))
+            }
+            Busy::Broken(reason) => {
+                job.answer(Err(InvokeError::new(ErrorCode::FunctionError, &reason)));
+                self.stop(Some(&span)).await;
+                Some(self.ended(reason))
+            }
+            Busy::Stopped => {
+                job.answer(Err(InvokeError::new(
+                    ErrorCode::FunctionError,
+                    "the watchdog shut down while the invocation ran",
+                )));
+                self.stop(Some(&span)).await;
+                Some(End::Stopped)
+            }
+        }
+    }
+
+    /// A result line that reached fd 3 before the child exited.
+    fn last_words(&mut self, id: &str) -> Option<InvokeResult> {
+        for _ in 0..DRAIN_CHUNKS {
+            match nix::unistd::read(self.results.as_raw_fd(), &mut self.results_chunk) {
+                Err(Errno::EINTR) => continue,
+                Ok(n) if n > 0 => self.pending.push(&self.results_chunk[..n]),
+                _ => break,
+            }
+        }
+        let line = self.pending.next_line()?;
+        parse_result(&line, id).ok()
+    }
+
+    fn drain_outputs(&mut self, span: Option<&Span>) {
+        self.stdout.drain_now(span);
+        self.stderr.drain_now(span);
+    }
+
+    /// Ends the child: stdin closed, SIGTERM to the group, SIGKILL after the
+    /// grace; reaping it meanwhile, so an obedient child costs no wait.
+    async fn stop(&mut self, span: Option<&Span>) {
+        self.stdin = None;
+        let _ = tokio::join!(self.group.stop(self.grace), self.child.wait());
+        self.drain_outputs(span);
+    }
+
+    fn ended(&self, reason: String) -> End {
+        if self.jobs == 0 && self.started.elapsed() < STABLE_AFTER {
+            End::Early(reason)
+        } else {
+            tracing::warn!(
+                pid = self.pid,
+                "the LOOP child ended, restarting it: {reason}"
+            );
+            End::Done
+        }
+    }
+}
+
+fn describe_exit<R>(status: std::io::Result<ExitStatus>, stderr: &LogStream<R>) -> String
+where
+    R: AsyncRead + AsRawFd + Unpin,
+{
+    match status {
+        Ok(status) => process::exit_error(status, &stderr.tail_text()).message,
+        Err(e) => format!("could not wait for the LOOP child: {e}"),
+    }
+}
+
+/// The next job for an idle child; `None` once the queue is closed. Waiting
+/// on the lock is how idle children line up, in order.
+async fn next_job(queue: Queue) -> Option<Job> {
+    queue.lock().await.recv().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn backoff_doubles_to_its_cap() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(4), Duration::from_millis(800));
+        assert_eq!(backoff(7), Duration::from_secs(5));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn result_line_with_output_or_error() {
+        let ok = parse_result(br#"{"id": "e1", "output": {"a": 1}}"#, "e1").unwrap();
+        assert_eq!(ok.unwrap(), json!({"a": 1}));
+        let null = parse_result(br#"{"id": "e1", "output": null, "error": null}"#, "e1").unwrap();
+        assert_eq!(null.unwrap(), Value::Null);
+        let e = parse_result(
+            br#"{"id": "e1", "error": {"code": "RATE_LIMITED", "message": "slow down"}}"#,
+            "e1",
+        )
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Custom("RATE_LIMITED".into()));
+        assert_eq!(e.message, "slow down");
+        let e = parse_result(br#"{"id": "e1", "error": {"message": "x"}}"#, "e1")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::HandlerError);
+    }
+
+    #[test]
+    fn protocol_errors_are_told_apart_from_function_errors() {
+        for (line, says) in [
+            (&b"hello"[..], "not JSON"),
+            (b"[1, 2]", "not a JSON object"),
+            (br#"{"output": 1}"#, "no string \"id\""),
+            (br#"{"id": "other", "output": 1}"#, "\"other\" while \"e1\""),
+            (br#"{"id": "e1"}"#, "neither"),
+            (br#"{"id": "e1", "error": "boom"}"#, "must be an object"),
+        ] {
+            let e = parse_result(line, "e1").unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn result_lines_skip_blanks_and_wait_for_newline() {
+        let mut b = ResultBuf::default();
+        b.push(b"\n  \n{\"id\":");
+        assert_eq!(b.next_line(), None);
+        b.mark_scanned();
+        b.push(b" 1}\n{\"id\": 2}\n");
+        assert_eq!(b.next_line().unwrap(), b"{\"id\": 1}\n");
+        assert_eq!(b.next_line().unwrap(), b"{\"id\": 2}\n");
+        assert!(b.is_blank());
+    }
+
+    #[test]
+    fn request_line_is_one_line() {
+        let mut inv = Invocation::new("e1", json!({"text": "a\nb"}), Duration::from_secs(1));
+        inv.trace_id = Some("t1".into());
+        let line = request_line(&inv);
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["id"], "e1");
+        assert_eq!(v["payload"], json!({"text": "a\nb"}));
+        assert_eq!(v["trace_id"], "t1");
+        assert!(v["deadline_ms"].as_u64().unwrap() > 0);
+    }
+
+    fn bash(script: &str) -> ProcessConfig {
+        ProcessConfig {
+            argv: vec!["bash".into(), "-c".into(), script.into()],
+            kill_grace: Duration::from_millis(100),
+        }
+    }
+
+    // Echoes each request's payload back as its output.
+    const ECHO: &str = r#"while IFS= read -r line; do
+        id=$(printf '%s' "$line" | sed -E 's/^\{"id":"([^"]*)".*/\1/')
+        payload=$(printf '%s' "$line" | sed -E 's/.*"payload":(.*),"deadline_ms".*/\1/')
+        echo "log for $id"
+        printf '{"id":"%s","output":%s}\n' "$id" "$payload" >&3
+    done"#;
+
+    #[tokio::test]
+    async fn kept_child_answers_in_turn_and_is_restarted_after_a_crash() {
+        let runner = LoopRunner::new(bash(ECHO), 1, Duration::ZERO);
+        runner.start().await.unwrap();
+        assert_eq!(runner.health(), Health::Ready);
+        for i in 0..3 {
+            let inv = Invocation::new(format!("e{i}"), json!({"n": i}), Duration::from_secs(5));
+            assert_eq!(runner.invoke(inv).await.unwrap(), json!({"n": i}));
+        }
+        runner.shutdown().await;
+
+        let crash = bash(r#"read -r line; echo dying >&2; exit 7"#);
+        let runner = LoopRunner::new(crash, 1, Duration::ZERO);
+        runner.start().await.unwrap();
+        for _ in 0..2 {
+            let inv = Invocation::new("e", json!(null), Duration::from_secs(5));
+            let e = runner.invoke(inv).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::FunctionError);
+            assert!(e.message.contains("code 7"), "{}", e.message);
+            assert!(e.message.contains("dying"), "{}", e.message);
+        }
+        runner.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn deadline_kills_the_child_and_the_next_one_answers() {
+        let script = r#"while IFS= read -r line; do
+            case "$line" in *hang*) sleep 30;; esac
+            id=$(printf '%s' "$line" | sed -E 's/^\{"id":"([^"]*)".*/\1/')
+            printf '{"id":"%s","output":"ok"}\n' "$id" >&3
+        done"#;
+        let runner = LoopRunner::new(bash(script), 1, Duration::ZERO);
+        runner.start().await.unwrap();
+        let inv = Invocation::new("slow", json!("hang"), Duration::from_millis(300));
+        let e = runner.invoke(inv).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Timeout);
+        let inv = Invocation::new("fast", json!(1), Duration::from_secs(5));
+        assert_eq!(runner.invoke(inv).await.unwrap(), json!("ok"));
+        runner.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_child_crashing_at_start_makes_the_runner_unhealthy() {
+        let runner = LoopRunner::new(bash("echo broken >&2; exit 1"), 2, Duration::ZERO);
+        runner.start().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Health::Unhealthy(reason) = runner.health() {
+                assert!(reason.contains("broken"), "{reason}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never unhealthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        runner.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_child_that_closes_fd3_but_lives_on_is_replaced() {
+        let runner = LoopRunner::new(
+            bash("exec 3>&-; while read -r l; do :; done"),
+            1,
+            Duration::ZERO,
+        );
+        runner.start().await.unwrap();
+        let inv = Invocation::new("e", json!(1), Duration::from_secs(20));
+        let e = runner.invoke(inv).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::FunctionError);
+        assert!(e.message.contains("closed fd 3"), "{}", e.message);
+        runner.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_command_that_cannot_start_fails_start_up() {
+        let cfg = ProcessConfig {
+            argv: vec!["/nonexistent/ember-loop-child".into()],
+            kill_grace: Duration::from_millis(100),
+        };
+        let runner = LoopRunner::new(cfg, 1, Duration::ZERO);
+        let e = runner.start().await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::StartupError);
+        runner.shutdown().await;
+    }
+}
