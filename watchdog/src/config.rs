@@ -155,13 +155,13 @@ struct Args {
     #[arg(long, env = names::TRACE_ID)]
     trace_id: Option<String>,
     /// One-shot payload (nanofaas Jobs)
-    #[arg(long, env = names::INVOCATION_PAYLOAD)]
+    #[arg(long, env = names::INVOCATION_PAYLOAD, hide_env_values = true)]
     invocation_payload: Option<String>,
     /// One-shot payload (Circuit Breaker)
-    #[arg(long, env = names::INPUT_DATA)]
+    #[arg(long, env = names::INPUT_DATA, hide_env_values = true)]
     input_data: Option<String>,
     /// One-shot payload (Norn)
-    #[arg(long, env = names::NORN_REQUEST_BODY)]
+    #[arg(long, env = names::NORN_REQUEST_BODY, hide_env_values = true)]
     norn_request_body: Option<String>,
     /// One-shot stdout without CALLBACK_URL: result or output [default: output for INPUT_DATA/NORN_REQUEST_BODY, else result]
     #[arg(long, env = names::ONESHOT_OUTPUT, ignore_case = true)]

@@ -104,7 +104,18 @@ fn compile_one(
             format!("the schema is not valid JSON ({e}); accepted: a JSON Schema document"),
         )
     })?;
-    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+    // A schema file is its own base URI, so a relative `$ref` ("common.json")
+    // resolves next to it, as it does for any JSON Schema tool.
+    let mut options = jsonschema::options();
+    if !inline {
+        if let Some(uri) = std::path::absolute(text)
+            .ok()
+            .and_then(|p| url::Url::from_file_path(p).ok())
+        {
+            options = options.with_base_uri(uri.to_string());
+        }
+    }
+    let validator = options.build(&schema).map_err(|e| {
         ConfigError::invalid(
             variable,
             text,
@@ -137,6 +148,20 @@ mod tests {
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(e.message.contains("/a"), "{}", e.message);
         assert!(e.message.contains("/b"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_schema_file_resolves_relative_refs_next_to_it() {
+        let dir = std::env::temp_dir().join(format!("ember-schema-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("int.json"), r#"{"type": "integer"}"#).unwrap();
+        let main = dir.join("main.json");
+        std::fs::write(&main, r#"{"properties": {"a": {"$ref": "int.json"}}}"#).unwrap();
+        let v = validator(main.to_str().unwrap());
+        assert!(v.check_input(&json!({"a": 1})).is_ok());
+        let e = v.check_input(&json!({"a": "x"})).unwrap_err();
+        assert!(e.message.contains("/a"), "{}", e.message);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
