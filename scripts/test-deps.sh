@@ -16,4 +16,4 @@ if ((${#need[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt -r examples/python/requirements/requirements.txt

@@ -1,12 +1,13 @@
 """Configuration (contract section 1): bad values exit 2 with one line; --help; --version."""
 
 import json
+import os
 import re
 import subprocess
 
 import pytest
 
-from harness import BIN, Warm, clean_env, free_port, run_oneshot
+from harness import BIN, REPO, Warm, clean_env, free_port, run_oneshot
 
 # Every variable CONTRACT.md names, which `watchdog --help` must list.
 CONTRACT_VARIABLES = [
@@ -105,3 +106,16 @@ def test_version_exits_0():
                         capture_output=True, timeout=10)
     assert cp.returncode == 0, cp.stderr
     assert re.search(r"\d+\.\d+\.\d+", (cp.stdout + cp.stderr).decode()), cp.stdout
+
+
+def test_build_without_python_links_no_libpython_and_refuses_python():
+    # test.sh builds this binary with `cargo build -p watchdog` (no python feature).
+    nopy = os.environ.get("WATCHDOG_NOPY_BIN", str(REPO / "target" / "debug" / "watchdog-nopy"))
+    assert os.path.exists(nopy), f"{nopy} missing: build it with `cargo build -p watchdog`"
+    ldd = subprocess.run(["ldd", nopy], capture_output=True, text=True, timeout=30)
+    assert ldd.returncode == 0, ldd.stderr
+    assert "libpython" not in ldd.stdout, ldd.stdout
+    r = subprocess.run([nopy], env=clean_env(EXECUTION_MODE="PYTHON"), capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2
+    assert "EXECUTION_MODE" in r.stderr and "without Python" in r.stderr, r.stderr

@@ -40,7 +40,9 @@ pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>>
             let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(len))? };
             for (i, item) in items.iter().enumerate() {
                 let obj = to_py(py, item)?;
-                unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, obj.into_ptr()) };
+                unsafe {
+                    ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, obj.into_ptr())
+                };
             }
             list
         }
@@ -193,13 +195,17 @@ fn walk(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, OutputError> {
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
         let v = f.value();
-        return Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| {
-                // Python's spelling, as the handler's author wrote it.
-                let text = if v.is_nan() { "nan" } else if v > 0.0 { "inf" } else { "-inf" };
-                OutputError::new(format!("float {text} is not a JSON number"))
-            });
+        return Number::from_f64(v).map(Value::Number).ok_or_else(|| {
+            // Python's spelling, as the handler's author wrote it.
+            let text = if v.is_nan() {
+                "nan"
+            } else if v > 0.0 {
+                "inf"
+            } else {
+                "-inf"
+            };
+            OutputError::new(format!("float {text} is not a JSON number"))
+        });
     }
     if let Ok(tuple) = obj.cast::<PyTuple>() {
         let mut out = Vec::with_capacity(tuple.len());
@@ -237,12 +243,11 @@ fn int(obj: &Bound<'_, PyAny>) -> Result<Value, OutputError> {
     }
     // Beyond 64 bits: Python's own decimal digits, so the number is exact. PyNumber_ToBase
     // formats the int value, whatever __str__ a subclass (an IntEnum) defines.
-    let digits = unsafe {
-        Bound::from_owned_ptr_or_err(obj.py(), ffi::PyNumber_ToBase(obj.as_ptr(), 10))
-    }
-    .and_then(|s| s.cast_into::<PyString>().map_err(Into::into))
-    .and_then(|s| s.to_str().map(str::to_owned))
-    .map_err(|e| OutputError::new(format!("int could not be formatted: {e}")))?;
+    let digits =
+        unsafe { Bound::from_owned_ptr_or_err(obj.py(), ffi::PyNumber_ToBase(obj.as_ptr(), 10)) }
+            .and_then(|s| s.cast_into::<PyString>().map_err(Into::into))
+            .and_then(|s| s.to_str().map(str::to_owned))
+            .map_err(|e| OutputError::new(format!("int could not be formatted: {e}")))?;
     serde_json::from_str::<Number>(&digits)
         .map(Value::Number)
         .map_err(|e| OutputError::new(format!("int {digits} is not a JSON number: {e}")))
@@ -275,7 +280,8 @@ pub mod text {
     use super::*;
 
     pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
-        let text = serde_json::to_string(value).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let text =
+            serde_json::to_string(value).map_err(|e| PyValueError::new_err(e.to_string()))?;
         py.import(intern!(py, "json"))?
             .getattr(intern!(py, "loads"))?
             .call1((text,))

@@ -40,7 +40,9 @@ pub(crate) fn install(py: Python<'_>) -> PyResult<&'static Runtime> {
 }
 
 fn register(py: Python<'_>) -> PyResult<Runtime> {
-    let modules = py.import(intern!(py, "sys"))?.getattr(intern!(py, "modules"))?;
+    let modules = py
+        .import(intern!(py, "sys"))?
+        .getattr(intern!(py, "modules"))?;
     let native = logs::native_module(py)?;
     modules.set_item("ember._native", &native)?;
 

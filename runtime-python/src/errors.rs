@@ -21,7 +21,12 @@ pub(crate) fn handler_error(
     let code = match code {
         Some(code) => {
             // A chosen failure, not a crash: no traceback.
-            tracing::warn!(execution_id, trace_id, code = code.as_str(), "handler failed: {message}");
+            tracing::warn!(
+                execution_id,
+                trace_id,
+                code = code.as_str(),
+                "handler failed: {message}"
+            );
             code
         }
         None => {

@@ -193,3 +193,109 @@ fn native_log(
         trace_id.as_deref(),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The messages logged while `f` runs, one per event, with their fields.
+    fn logged(f: impl FnOnce()) -> Vec<String> {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn writes_become_one_event_per_line_with_the_ids() {
+        let lines = logged(|| {
+            begin_call("e1", Some("t1"));
+            write(Stream::Stdout, "partial ");
+            write(Stream::Stdout, "line\nsecond\r\nthi");
+            write(Stream::Stderr, "err\n");
+            write(Stream::Stdout, "rd");
+            end_call();
+            write(Stream::Stdout, "after\n");
+        });
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert!(
+            lines[0].ends_with(r#"partial line execution_id="e1" trace_id="t1" stream="stdout""#),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(" second execution_id=\"e1\""),
+            "CR stripped: {}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains(" err execution_id=\"e1\"") && lines[2].contains("stream=\"stderr\""),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains(" third execution_id=\"e1\""),
+            "unfinished line sent at the end: {}",
+            lines[3]
+        );
+        assert!(
+            lines[4].ends_with(r#"after stream="stdout""#),
+            "no ids outside a call: {}",
+            lines[4]
+        );
+    }
+
+    #[test]
+    fn empty_lines_are_kept_and_records_map_levels() {
+        let lines = logged(|| {
+            begin_call("e2", None);
+            write(Stream::Stdout, "\n\nx\n");
+            record(40, "app", "bad", None, None);
+            record(30, "app", "careful", Some("other"), Some("t9"));
+            record(10, "app", "detail", None, None);
+            end_call();
+        });
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+        assert!(
+            lines[0].contains(r#"function:  execution_id="e2""#),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[3].starts_with("ERROR")
+                && lines[3].contains("bad execution_id=\"e2\" logger=\"app\""),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[4].starts_with(" WARN")
+                && lines[4].contains("careful execution_id=\"other\" trace_id=\"t9\""),
+            "{}",
+            lines[4]
+        );
+        assert!(lines[5].starts_with("DEBUG"), "{}", lines[5]);
+    }
+}

@@ -12,9 +12,10 @@
 //! thread's event loop. A handler still running `kill_grace` after its deadline makes
 //! [`Pool::stuck`] report it, which `health()` turns into `Unhealthy`.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,16 @@ pub(crate) struct Loaded {
     is_async: bool,
 }
 
+// Load is sent once per process; boxing Invoke would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     /// Initialise `ember`, import the module, find the function.
     Load(oneshot::Sender<Result<(), InvokeError>>),
     Invoke(Call),
 }
+
+/// A reply and what to send on it.
+type Answer = (oneshot::Sender<InvokeResult>, InvokeResult);
 
 struct Call {
     seq: u64,
@@ -74,13 +80,65 @@ struct Running {
 
 pub(crate) struct Pool {
     cfg: PythonConfig,
-    /// `None` once shut down: dropping the sender is what ends the threads' loops.
-    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: JobQueue,
     slots: OnceLock<Vec<Arc<Slot>>>,
     loaded: OnceLock<Loaded>,
     /// Closes when every thread has exited (each holds a sender).
     exited: Mutex<Option<tokio::sync::mpsc::Receiver<()>>>,
     next_seq: AtomicU64,
+}
+
+/// The jobs every thread takes from. A condvar wakes exactly one idle thread per job
+/// (a mutex around an mpsc receiver would also wake the next thread in line for the
+/// mutex on every job: measurably slower with several slots, see README). The lock is
+/// held only to push or pop, never across a Python call.
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Set by shutdown: threads drain what is queued, then exit.
+    closed: bool,
+}
+
+impl JobQueue {
+    /// Queues a job; false once closed.
+    fn push(&self, job: Job) -> bool {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return false;
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next job; `None` once closed and drained.
+    fn pop(&self) -> Option<Job> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.ready.notify_all();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,7 +149,7 @@ impl Pool {
     pub(crate) fn new(cfg: PythonConfig) -> Arc<Pool> {
         Arc::new(Pool {
             cfg,
-            queue: Mutex::new(None),
+            queue: JobQueue::default(),
             slots: OnceLock::new(),
             loaded: OnceLock::new(),
             exited: Mutex::new(None),
@@ -119,8 +177,6 @@ impl Pool {
 
     fn spawn(self: &Arc<Pool>) -> Result<(), InvokeError> {
         let count = self.cfg.slots.max(1);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
         let (alive_tx, alive_rx) = tokio::sync::mpsc::channel::<()>(1);
         let mut slots = Vec::with_capacity(count);
         for i in 0..count {
@@ -130,12 +186,12 @@ impl Pool {
                 running: Mutex::new(None),
                 runner: OnceLock::new(),
             });
-            let (pool, rx, alive) = (Arc::clone(self), Arc::clone(&rx), alive_tx.clone());
+            let (pool, alive) = (Arc::clone(self), alive_tx.clone());
             let worker_slot = Arc::clone(&slot);
             thread::Builder::new()
                 .name(slot.name.clone())
                 .stack_size(STACK_SIZE)
-                .spawn(move || pool.worker(&worker_slot, &rx, alive))
+                .spawn(move || pool.worker(&worker_slot, alive))
                 .map_err(|e| {
                     InvokeError::new(
                         ErrorCode::HandlerLoadError,
@@ -145,15 +201,12 @@ impl Pool {
             slots.push(slot);
         }
         let _ = self.slots.set(slots);
-        *lock(&self.queue) = Some(tx);
         *lock(&self.exited) = Some(alive_rx);
         Ok(())
     }
 
     fn send(&self, job: Job) -> Result<(), InvokeError> {
-        let queue = lock(&self.queue);
-        let sent = queue.as_ref().map(|q| q.send(job).is_ok()).unwrap_or(false);
-        if sent {
+        if self.queue.push(job) {
             Ok(())
         } else {
             Err(InvokeError::new(
@@ -167,33 +220,34 @@ impl Pool {
     pub(crate) async fn invoke(self: &Arc<Pool>, inv: Invocation) -> InvokeResult {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let deadline = inv.deadline;
-        let mut pending = Pending {
-            pool: self,
-            seq,
-            execution_id: inv.execution_id.clone(),
-            deadline,
-            done: false,
-        };
+        let execution_id = inv.execution_id.clone();
         let (tx, rx) = oneshot::channel();
         self.send(Job::Invoke(Call {
             seq,
             inv,
             reply: tx,
         }))?;
-        let answer = tokio::time::timeout_at(deadline.into(), rx).await;
-        match answer {
+        let mut pending = Pending {
+            pool: self,
+            seq,
+            execution_id,
+            deadline,
+            answer: Some(rx),
+        };
+        let rx = pending.answer.as_mut().expect("set above");
+        match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(result)) => {
-                pending.done = true;
+                pending.answer = None;
                 result
             }
             Ok(Err(_)) => {
-                pending.done = true;
+                pending.answer = None;
                 Err(InvokeError::new(
                     ErrorCode::HandlerError,
                     "the Python thread ended without a result",
                 ))
             }
-            // `pending` drops undone: the deadline thread stops the handler.
+            // `pending` drops still waiting: the handler gets stopped.
             Err(_) => Err(self.timeout_error()),
         }
     }
@@ -228,7 +282,7 @@ impl Pool {
 
     /// Closes the queue; waits a little for the threads, never for a stuck one.
     pub(crate) async fn shutdown(&self) {
-        drop(lock(&self.queue).take());
+        self.queue.close();
         let Some(mut exited) = lock(&self.exited).take() else {
             return;
         };
@@ -251,12 +305,7 @@ impl Pool {
 
     // ---- on the Python threads ----
 
-    fn worker(
-        self: Arc<Pool>,
-        slot: &Slot,
-        rx: &Mutex<mpsc::Receiver<Job>>,
-        _alive: tokio::sync::mpsc::Sender<()>,
-    ) {
+    fn worker(self: Arc<Pool>, slot: &Slot, _alive: tokio::sync::mpsc::Sender<()>) {
         // The first thread here initialises the interpreter (signal handlers left to the
         // watchdog); the others wait for it inside initialize().
         Python::initialize();
@@ -265,25 +314,39 @@ impl Pool {
                 Ok(id) => slot.ident.store(id, Ordering::Relaxed),
                 Err(e) => tracing::warn!(thread = %slot.name, "no Python thread id: {e}"),
             }
+            // The last job's answer, sent once the GIL is released: the caller's next job
+            // may go to another thread, which then finds the GIL free instead of waking
+            // up only to wait for this one to let go of it.
+            let mut answer: Option<Answer> = None;
             loop {
-                // Detached while waiting: the lock and the recv both block.
-                let job = py.detach(|| lock(rx).recv());
-                let Ok(job) = job else { break };
+                // Detached while waiting, so an idle thread never holds the GIL.
+                let job = py.detach(|| {
+                    if let Some((reply, result)) = answer.take() {
+                        let _ = reply.send(result);
+                    }
+                    self.queue.pop()
+                });
+                let Some(job) = job else { break };
                 let outcome = catch_unwind(AssertUnwindSafe(|| match job {
                     Job::Load(reply) => {
                         let _ = reply.send(self.load(py));
+                        None
                     }
                     Job::Invoke(call) => self.run(py, slot, call),
                 }));
-                if outcome.is_err() {
+                match outcome {
+                    Ok(next) => answer = next,
                     // A dropped reply tells the caller; the thread keeps serving.
-                    tracing::error!(thread = %slot.name, "panic in the Python runtime; job abandoned");
+                    Err(_) => {
+                        tracing::error!(thread = %slot.name, "panic in the Python runtime; job abandoned")
+                    }
                 }
             }
         });
     }
 
     fn load(&self, py: Python<'_>) -> Result<(), InvokeError> {
+        let started = Instant::now();
         let rt = embed::install(py).map_err(|e| errors::load_error(py, None, &e))?;
         let path = self.cfg.path.to_string_lossy().into_owned();
         let found = rt
@@ -301,6 +364,7 @@ impl Pool {
             params = arity,
             is_async,
             threads = self.cfg.slots.max(1),
+            load_ms = started.elapsed().as_secs_f64() * 1e3,
             "python handler loaded"
         );
         let _ = self.loaded.set(Loaded {
@@ -312,28 +376,26 @@ impl Pool {
         Ok(())
     }
 
-    fn run(&self, py: Python<'_>, slot: &Slot, call: Call) {
+    /// Runs a job; returns its answer for the caller of `worker` to send.
+    fn run(&self, py: Python<'_>, slot: &Slot, call: Call) -> Option<Answer> {
         let Call { seq, inv, reply } = call;
         let Some(loaded) = self.loaded.get() else {
-            let _ = reply.send(Err(InvokeError::new(
-                ErrorCode::NotReady,
-                "the Python handler is not loaded",
-            )));
-            return;
+            let not_loaded =
+                InvokeError::new(ErrorCode::NotReady, "the Python handler is not loaded");
+            return Some((reply, Err(not_loaded)));
         };
         // Mark the slot busy before looking at the caller, so the deadline thread (which
         // looks only after the caller is gone) either finds this job or finds it skipped.
         let busy = Busy::begin(slot, seq, &inv, loaded.is_async);
         if reply.is_closed() {
             tracing::debug!(execution_id = %inv.execution_id, "skipped: its caller is gone");
-            return;
+            return None;
         }
         if Instant::now() >= inv.deadline {
-            let _ = reply.send(Err(self.timeout_error()));
-            return;
+            return Some((reply, Err(self.timeout_error())));
         }
         let result = self.call(py, slot, loaded, seq, &inv, busy);
-        let _ = reply.send(result);
+        Some((reply, result))
     }
 
     fn call(
@@ -428,7 +490,7 @@ impl Pool {
         let Some(slot) = self.slot_running(seq) else {
             return; // finished, or still queued (it will be skipped)
         };
-        let Some(is_async) = Python::try_attach(|py| raise_in(py, &slot, seq, false)).flatten()
+        let Some(is_async) = Python::try_attach(|py| raise_in(py, slot, seq, false)).flatten()
         else {
             return;
         };
@@ -437,7 +499,7 @@ impl Pool {
             // code never sees the cancellation, so it gets the TimeoutError too.
             thread::sleep((grace / 2).clamp(Duration::from_millis(10), Duration::from_millis(250)));
             if self.slot_running(seq).is_some() {
-                Python::try_attach(|py| raise_in(py, &slot, seq, true));
+                Python::try_attach(|py| raise_in(py, slot, seq, true));
             }
         }
         thread::sleep((deadline + grace).saturating_duration_since(Instant::now()));
@@ -453,11 +515,11 @@ impl Pool {
     }
 
     fn slot_running(&self, seq: u64) -> Option<&Slot> {
-        self.slots.get()?.iter().map(|s| &**s).find(|s| {
-            lock(&s.running)
-                .as_ref()
-                .is_some_and(|r| r.seq == seq)
-        })
+        self.slots
+            .get()?
+            .iter()
+            .map(|s| &**s)
+            .find(|s| lock(&s.running).as_ref().is_some_and(|r| r.seq == seq))
     }
 }
 
@@ -487,6 +549,13 @@ fn raise_in(py: Python<'_>, slot: &Slot, seq: u64, force_exception: bool) -> Opt
     // code runs, so the GIL was not released and the worker is still in job `seq`.
     unsafe {
         ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError);
+    }
+    if is_async {
+        // A loop waiting in select() runs no bytecode, so it would not see the exception
+        // until its next timer: wake it.
+        if let Some(runner) = slot.runner.get() {
+            let _ = runner.bind(py).call_method0(intern!(py, "wake"));
+        }
     }
     Some(is_async)
 }
@@ -557,19 +626,27 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// An invocation whose caller may stop waiting. Dropped before it is `done` (the
-/// deadline passed, or the caller's future was dropped), it has the handler stopped.
+/// An invocation whose caller may stop waiting. Dropped while still waiting for its
+/// answer (the deadline passed, or the caller's future was dropped), it closes the
+/// answer channel first, so a job not yet started is skipped, and has a job already
+/// running stopped at its deadline.
 struct Pending<'a> {
     pool: &'a Arc<Pool>,
     seq: u64,
     execution_id: String,
     deadline: Instant,
-    done: bool,
+    answer: Option<oneshot::Receiver<InvokeResult>>,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        // Closed before looking at the slots: a worker marks its slot busy before it
+        // checks the channel, so either it sees the channel closed or we see it busy.
+        drop(answer);
+        if self.pool.slot_running(self.seq).is_some() {
             self.pool.interrupt_later(
                 self.seq,
                 std::mem::take(&mut self.execution_id),

@@ -51,11 +51,16 @@ fn round_trips_are_exact() {
 
 #[test]
 fn floats_keep_their_value_whatever_their_spelling() {
-    let value: Value = serde_json::from_str("[1.0e-7, 1E5, 2.50, 1e308, 0.30000000000000004]").unwrap();
+    let value: Value =
+        serde_json::from_str("[1.0e-7, 1E5, 2.50, 1e308, 0.30000000000000004]").unwrap();
     Python::attach(|py| {
         let back = from_py(&to_py(py, &value).unwrap()).unwrap();
         let floats = |v: &Value| -> Vec<f64> {
-            v.as_array().unwrap().iter().map(|n| n.as_f64().unwrap()).collect()
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_f64().unwrap())
+                .collect()
         };
         assert_eq!(floats(&back), floats(&value));
     });
@@ -94,8 +99,11 @@ fn big_ints_are_python_ints_with_every_digit() {
 #[test]
 fn python_types_map_to_json_types() {
     Python::attach(|py| {
-        let obj = to_py(py, &json!({"f": 1.5, "i": 1, "s": "x", "l": [], "d": {}, "n": null, "b": true}))
-            .unwrap();
+        let obj = to_py(
+            py,
+            &json!({"f": 1.5, "i": 1, "s": "x", "l": [], "d": {}, "n": null, "b": true}),
+        )
+        .unwrap();
         let types = py_eval(py, "lambda d: {k: type(v).__name__ for k, v in d.items()}")
             .call1((obj,))
             .unwrap();
@@ -144,6 +152,9 @@ fn a_container_that_contains_itself_is_an_error_not_a_crash() {
     Python::attach(|py| {
         let obj = py_eval(py, "(lambda l: (l.append(l), l)[1])([])");
         let err = from_py(&obj).unwrap_err();
-        assert!(err.to_string().contains("nesting deeper than 512 levels"), "{err}");
+        assert!(
+            err.to_string().contains("nesting deeper than 512 levels"),
+            "{err}"
+        );
     });
 }

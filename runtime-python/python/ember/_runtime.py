@@ -8,14 +8,13 @@ handler raises.
 
 from __future__ import annotations
 
-import asyncio
+# Only what loading needs: asyncio (25 ms), inspect and traceback are imported when first
+# used, since every millisecond here is cold-start time.
 import importlib
-import inspect
 import io
 import logging
 import os
 import sys
-import traceback
 
 from ember import FunctionError
 
@@ -99,9 +98,30 @@ def install(level: int) -> None:
     root.setLevel(level)
 
 
+_FunctionType = type(install)
+_CO_VARARGS = 0x04
+_CO_COROUTINE = 0x80
+
+
 def arity(func) -> int:
     """How many arguments the handler takes: 1 (request) or 2 (request, context)."""
     name = getattr(func, "__qualname__", None) or repr(func)
+    if type(func) is _FunctionType and not hasattr(func, "__wrapped__"):
+        # A plain function: its code object says it all, without importing inspect.
+        code = func.__code__
+        positional = code.co_argcount
+        required = positional - len(func.__defaults__ or ())
+        varargs = bool(code.co_flags & _CO_VARARGS)
+        kwonly = code.co_varnames[positional : positional + code.co_kwonlyargcount]
+        missing = [k for k in kwonly if k not in (func.__kwdefaults__ or {})]
+        if missing:
+            raise TypeError(
+                f"{name}() has a required keyword-only parameter {missing[0]!r}; "
+                "a handler is handle(request) or handle(request, context)"
+            )
+        return _check(name, positional, required, varargs)
+    import inspect
+
     try:
         sig = inspect.signature(func)
     except (TypeError, ValueError):
@@ -119,6 +139,10 @@ def arity(func) -> int:
                 f"{name}() has a required keyword-only parameter {p.name!r}; "
                 "a handler is handle(request) or handle(request, context)"
             )
+    return _check(name, positional, required, varargs)
+
+
+def _check(name: str, positional: int, required: int, varargs: bool) -> int:
     if required > 2:
         raise TypeError(
             f"{name}() requires {required} arguments; "
@@ -130,6 +154,14 @@ def arity(func) -> int:
             "a handler is handle(request) or handle(request, context)"
         )
     return 2 if varargs or positional >= 2 else 1
+
+
+def is_async(func) -> bool:
+    if type(func) is _FunctionType and not hasattr(func, "__wrapped__"):
+        return bool(func.__code__.co_flags & _CO_COROUTINE)
+    import inspect
+
+    return inspect.iscoroutinefunction(func)
 
 
 def load(path: str, module: str, function: str):
@@ -157,26 +189,35 @@ def load(path: str, module: str, function: str):
             f"{module}.{function} is not callable (it is of type {type(func).__name__}; "
             f"HANDLER_FUNCTION={function})"
         )
-    return func, arity(func), inspect.iscoroutinefunction(func)
+    coroutine = is_async(func)
+    if coroutine:
+        import asyncio  # noqa: F401 - now, not in the first invocation's time
+
+    return func, arity(func), coroutine
 
 
 class AsyncRunner:
     """A worker thread's event loop, created on its first async call and reused."""
 
-    __slots__ = ("loop", "task", "seq")
+    __slots__ = ("loop", "task", "seq", "cancelled")
 
     def __init__(self) -> None:
         self.loop = None
         self.task = None
         self.seq = 0
+        self.cancelled = 0
 
     def run(self, coro, seq: int = 0):
+        import asyncio
+
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
         task = self.task = loop.create_task(coro)
         self.seq = seq
+        if self.cancelled == seq:
+            task.cancel()  # the deadline came before the task existed
         try:
             return loop.run_until_complete(task)
         except BaseException:
@@ -198,9 +239,20 @@ class AsyncRunner:
         asynchronous TimeoutError alone would not do. `seq` guards against cancelling the
         next invocation's task if this one ended meanwhile.
         """
+        self.cancelled = seq
         task, loop = self.task, self.loop
         if task is not None and self.seq == seq and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(task.cancel)
+
+    def wake(self) -> None:
+        """Wakes the loop from select() so a pending TimeoutError is raised now."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_noop)
+
+
+def _noop() -> None:
+    pass
 
 
 def _type_name(t: type) -> str:
@@ -226,5 +278,7 @@ def describe(exc: BaseException):
 
 
 def format_traceback(exc: BaseException, tb=None) -> str:
+    import traceback
+
     tb = tb if tb is not None else exc.__traceback__
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()

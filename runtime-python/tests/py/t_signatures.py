@@ -40,3 +40,37 @@ def returns_coroutine(request, context):
         return "from coroutine"
 
     return inner()
+
+
+def interpreter(request):
+    import sys
+
+    return {"executable": sys.executable, "argv": sys.argv, "prefix": sys.prefix,
+            "stdout": type(sys.stdout).__name__, "main": __import__("threading").main_thread().name}
+
+
+def _decorate(f):
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+@_decorate
+def decorated(request):
+    return "decorated"
+
+
+def kwonly_default(request, *, flag=False):
+    return "kwonly default"
+
+
+class Handlers:
+    def method(self, request, context):
+        return "method"
+
+
+method = Handlers().method

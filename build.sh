@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Builds Ember: the two release binaries, then the images.
+#
+#   ./build.sh               cargo builds + images
+#   ./build.sh --no-cargo    images only, from the binaries already in dist/
+#   ./build.sh --help
+#
+# Binaries (copied to dist/ right after each build, since both builds write the same path):
+#   dist/watchdog          cargo build --release -p watchdog                    (no Python)
+#   dist/watchdog-python   cargo build --release -p watchdog --features python  (libpython3.11)
+# Images (context dist/; Dockerfiles in images/):
+#   ember/watchdog:$VERSION and :latest   images/watchdog.Dockerfile (scratch + binary + libs)
+#   ember/python:$VERSION and :latest     images/python.Dockerfile   (Python 3.11 base)
+#
+# Environment:
+#   VERSION            image tag (default: the workspace version in Cargo.toml)
+#   ENGINE             docker or podman (default: docker if its daemon answers, else podman)
+#   BASE_IMAGE         glibc base the watchdog's libraries come from (default debian:bookworm-slim)
+#   PYTHON_BASE_IMAGE  base of ember/python, CPython 3.11 with libpython (default python:3.11-slim)
+#   IMAGE_PREFIX       repository prefix (default ember/, e.g. registry.example.com/ember/)
+#   BUILD_ARGS         extra arguments for every image build (e.g. --pull=never)
+#   CARGO_TARGET_DIR   cargo's target directory (default target/), as cargo reads it
+set -euo pipefail
+
+cd "$(dirname "$0")"
+ROOT=$PWD
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+die() { printf 'build.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+log() { printf '==> %s\n' "$*" >&2; }
+
+CARGO=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-cargo) CARGO=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument '$arg' (accepted: --no-cargo, --help)" ;;
+  esac
+done
+
+if [[ -z "${VERSION:-}" ]]; then
+  # The `version` key of the [workspace.package] table.
+  VERSION=$(awk '/^\[/{s=($0=="[workspace.package]")} s && /^version *=/{gsub(/[" ]/,"",$0); sub(/^version=/,"",$0); print; exit}' Cargo.toml)
+  [[ -n "$VERSION" ]] || die "could not read [workspace.package] version from Cargo.toml; set VERSION"
+fi
+BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
+PYTHON_BASE_IMAGE=${PYTHON_BASE_IMAGE:-python:3.11-slim}
+IMAGE_PREFIX=${IMAGE_PREFIX:-ember/}
+read -r -a EXTRA <<<"${BUILD_ARGS:-}"
+
+# --- engine ------------------------------------------------------------------------------
+if [[ -z "${ENGINE:-}" ]]; then
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    ENGINE=docker
+  elif command -v podman >/dev/null 2>&1; then
+    ENGINE=podman
+  elif command -v docker >/dev/null 2>&1; then
+    die "docker is installed but its daemon does not answer ('docker info' failed), and podman is not installed (scripts/podman-setup.sh installs it)"
+  else
+    die "no container engine: install docker or podman (scripts/podman-setup.sh installs podman)"
+  fi
+fi
+command -v "$ENGINE" >/dev/null 2>&1 || die "ENGINE=$ENGINE is not installed"
+
+# --- binaries ----------------------------------------------------------------------------
+mkdir -p dist
+if [[ $CARGO == 1 ]]; then
+  TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+  command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust >= 1.85, or use --no-cargo with binaries in dist/)"
+  log "cargo build --release -p watchdog"
+  cargo build --release -p watchdog
+  cp "$TARGET_DIR/release/watchdog" dist/watchdog
+  log "cargo build --release -p watchdog --features python"
+  cargo build --release -p watchdog --features python
+  cp "$TARGET_DIR/release/watchdog" dist/watchdog-python
+fi
+for bin in watchdog watchdog-python; do
+  [[ -x dist/$bin ]] || die "dist/$bin is missing: run ./build.sh without --no-cargo"
+done
+
+# --- images ------------------------------------------------------------------------------
+build_image() { # name dockerfile base-arg
+  local name=$1 file=$2 base=$3
+  log "$ENGINE build $name:$VERSION (FROM $base)"
+  "$ENGINE" build "${EXTRA[@]}" --build-arg "BASE_IMAGE=$base" \
+    -f "$file" -t "$name:$VERSION" -t "$name:latest" dist/ \
+    || die "$ENGINE build of $name failed (BASE_IMAGE=$base)"
+}
+WATCHDOG_IMAGE=${IMAGE_PREFIX}watchdog
+PYTHON_IMAGE=${IMAGE_PREFIX}python
+build_image "$WATCHDOG_IMAGE" images/watchdog.Dockerfile "$BASE_IMAGE"
+build_image "$PYTHON_IMAGE" images/python.Dockerfile "$PYTHON_BASE_IMAGE"
+
+human() { awk -v b="$1" 'BEGIN{split("B KB MB GB",u); i=1; while (b>=1000 && i<4) {b/=1000; i++} printf (i==1?"%d %s":"%.1f %s"), b, u[i]}'; }
+echo
+echo "Built with $ENGINE (version $VERSION):"
+printf '  %-36s %10s\n' "dist/watchdog" "$(human "$(stat -c %s dist/watchdog)")"
+printf '  %-36s %10s\n' "dist/watchdog-python" "$(human "$(stat -c %s dist/watchdog-python)")"
+for img in "$WATCHDOG_IMAGE" "$PYTHON_IMAGE"; do
+  size=$("$ENGINE" image inspect --format '{{.Size}}' "$img:$VERSION")
+  printf '  %-36s %10s   (also :latest)\n' "$img:$VERSION" "$(human "$size")"
+done
