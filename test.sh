@@ -28,3 +28,6 @@ python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/images
 
 echo "== image tests (podman)"
 tests/images/run
+
+echo "== benchmark harness smoke run"
+bench/run --quick
