@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
-use super::process::{self, GroupGuard, ProcessGroup, Tail};
+use super::process::{self, GroupGuard, LineSplitter, ProcessGroup, Tail};
 use crate::config::{Config, Mode, ProcessConfig};
 
 /// The child's file descriptor for result lines (section 8).
@@ -54,9 +54,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A result line longer than this is a protocol error (the child is killed)
 /// rather than a reason to buffer without bound.
 const MAX_RESULT_LINE: usize = 64 * 1024 * 1024;
-
-/// A log line longer than this is forwarded in pieces (as `process.rs` does).
-const MAX_LOG_LINE: usize = 64 * 1024;
 
 const CHUNK: usize = 16 * 1024;
 
@@ -372,7 +369,7 @@ struct LogStream<R> {
     name: &'static str,
     open: bool,
     buf: Box<[u8]>,
-    line: Vec<u8>,
+    lines: LineSplitter,
     /// stderr keeps its last bytes for error messages.
     tail: Option<Tail>,
 }
@@ -384,7 +381,7 @@ impl<R: AsyncRead + AsRawFd + Unpin> LogStream<R> {
             name,
             open: true,
             buf: vec![0u8; CHUNK].into_boxed_slice(),
-            line: Vec::new(),
+            lines: LineSplitter::default(),
             tail: keep_tail.then(Tail::default),
         }
     }
@@ -405,18 +402,7 @@ impl<R: AsyncRead + AsRawFd + Unpin> LogStream<R> {
         if let Some(t) = &mut self.tail {
             t.push(&self.buf[..n]);
         }
-        let mut rest = &self.buf[..n];
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            self.line.extend_from_slice(&rest[..pos]);
-            emit(self.name, &self.line, span);
-            self.line.clear();
-            rest = &rest[pos + 1..];
-        }
-        self.line.extend_from_slice(rest);
-        if self.line.len() >= MAX_LOG_LINE {
-            emit(self.name, &self.line, span);
-            self.line.clear();
-        }
+        self.lines.feed(self.name, &self.buf[..n], span);
     }
 
     /// Reads what is in the pipe right now, without waiting, then logs a
@@ -435,26 +421,11 @@ impl<R: AsyncRead + AsRawFd + Unpin> LogStream<R> {
                 Err(e) => self.feed(Err(e.into()), span),
             }
         }
-        if !self.line.is_empty() {
-            emit(self.name, &self.line, span);
-            self.line.clear();
-        }
+        self.lines.flush(self.name, span);
     }
 
     fn tail_text(&self) -> String {
         self.tail.as_ref().map(Tail::text).unwrap_or_default()
-    }
-}
-
-/// Logs one line of the child's output, in the invocation's span when one
-/// is in flight, so the line carries its execution and trace ids.
-fn emit(stream: &'static str, line: &[u8], span: Option<&Span>) {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches('\r');
-    let log = || tracing::info!(target: "function", stream, "{text}");
-    match span {
-        Some(span) => span.in_scope(log),
-        None => log(),
     }
 }
 

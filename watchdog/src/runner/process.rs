@@ -13,7 +13,7 @@ use runtime_sdk::{names, ErrorCode, Invocation, InvokeError};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::config::ProcessConfig;
 use crate::reaper;
@@ -163,9 +163,54 @@ impl Tail {
 
 pub type SharedTail = Arc<Mutex<Tail>>;
 
-/// Reads `reader` to its end, logging each line (in pieces past
-/// `MAX_LOG_LINE`) in the current span, and keeping a tail if asked.
-/// Reading never stops early, so the child never blocks on a full pipe.
+/// Cuts a child's output into log lines; a line longer than
+/// `MAX_LOG_LINE` is logged in pieces.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    line: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Logs every complete line in `data` (in `span` when given, else the
+    /// current one) and keeps the rest for the next call.
+    pub fn feed(&mut self, stream: &'static str, data: &[u8], span: Option<&Span>) {
+        let mut rest = data;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&rest[..pos]);
+            emit(stream, &self.line, span);
+            self.line.clear();
+            rest = &rest[pos + 1..];
+        }
+        self.line.extend_from_slice(rest);
+        if self.line.len() >= MAX_LOG_LINE {
+            self.flush(stream, span);
+        }
+    }
+
+    /// Logs a last line that has no newline yet.
+    pub fn flush(&mut self, stream: &'static str, span: Option<&Span>) {
+        if !self.line.is_empty() {
+            emit(stream, &self.line, span);
+            self.line.clear();
+        }
+    }
+}
+
+/// Logs one line of a child's output, in `span` when given (the invocation
+/// in flight), so the line carries its execution and trace ids.
+pub fn emit(stream: &'static str, line: &[u8], span: Option<&Span>) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    let log = || tracing::info!(target: "function", stream, "{text}");
+    match span {
+        Some(span) => span.in_scope(log),
+        None => log(),
+    }
+}
+
+/// Reads `reader` to its end, logging each line in the current span, and
+/// keeping a tail if asked. Reading never stops early, so the child never
+/// blocks on a full pipe.
 pub fn forward_lines<R>(
     reader: R,
     stream: &'static str,
@@ -179,41 +224,21 @@ where
         async move {
             let mut reader = reader;
             let mut chunk = vec![0u8; 16 * 1024];
-            let mut line: Vec<u8> = Vec::new();
+            let mut lines = LineSplitter::default();
             loop {
                 let n = match reader.read(&mut chunk).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
-                let data = &chunk[..n];
                 if let Some(t) = &tail {
-                    t.lock().unwrap().push(data);
+                    t.lock().unwrap().push(&chunk[..n]);
                 }
-                let mut rest = data;
-                while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-                    line.extend_from_slice(&rest[..pos]);
-                    emit(stream, &line);
-                    line.clear();
-                    rest = &rest[pos + 1..];
-                }
-                line.extend_from_slice(rest);
-                if line.len() >= MAX_LOG_LINE {
-                    emit(stream, &line);
-                    line.clear();
-                }
+                lines.feed(stream, &chunk[..n], None);
             }
-            if !line.is_empty() {
-                emit(stream, &line);
-            }
+            lines.flush(stream, None);
         }
         .instrument(span),
     )
-}
-
-fn emit(stream: &'static str, line: &[u8]) {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches('\r');
-    tracing::info!(target: "function", stream, "{text}");
 }
 
 /// Reads all of `reader` (a child's stdout) into memory.
