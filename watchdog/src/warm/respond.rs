@@ -10,7 +10,7 @@ use axum::body::Body;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::StatusCode;
 use runtime_sdk::names::header;
-use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
+use runtime_sdk::{BoxFuture, ErrorCode, InvokeError, InvokeResult};
 use tower::{Layer, Service};
 
 use super::meta::RequestMeta;
@@ -94,15 +94,17 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let reply = fut.await?;
+            // Shed load (429) was parsed but never ran: like the requests refused
+            // above the body step, it counts as rejected and gets no callback.
+            let taken = reply.accepted
+                && !matches!(&reply.result, Err(e) if e.code == ErrorCode::Overloaded);
             let mut resp = match &reply.result {
                 Ok(output) => json_response(
                     StatusCode::OK,
                     serde_json::to_vec(output).unwrap_or_default(),
                 ),
                 Err(e) => {
-                    // Shed load counts as a rejection although the invocation was
-                    // parsed: it never ran.
-                    if !reply.accepted || e.code == ErrorCode::Overloaded {
+                    if !taken {
                         state
                             .metrics
                             .rejected(&e.code.as_str().to_ascii_lowercase());
@@ -125,7 +127,7 @@ where
                 );
             }
             if let Some(meta) = meta {
-                queue_callback(&state, &meta, &reply);
+                queue_callback(&state, &meta, &reply.result, taken);
             }
             Ok(resp)
         })
@@ -135,8 +137,8 @@ where
 /// Section 6: a warm invocation is reported too when a callback URL is
 /// known. Load shedding (429) is not reported: the request was not taken,
 /// and the control plane is free to send it elsewhere.
-fn queue_callback(state: &State, meta: &RequestMeta, reply: &Reply) {
-    if !reply.accepted || matches!(&reply.result, Err(e) if e.code == ErrorCode::Overloaded) {
+fn queue_callback(state: &State, meta: &RequestMeta, result: &InvokeResult, taken: bool) {
+    if !taken {
         return;
     }
     let Some(execution_id) = meta.execution_id.as_deref() else {
@@ -165,7 +167,7 @@ fn queue_callback(state: &State, meta: &RequestMeta, reply: &Reply) {
             meta.trace_id.clone(),
             meta.attempt,
             meta.idempotency_key.clone(),
-            &reply.result,
+            result,
         )),
         Err(e) => tracing::warn!("callback URL cannot take the execution id: {e}"),
     }
