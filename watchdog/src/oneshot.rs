@@ -45,10 +45,14 @@ pub async fn run(
         // the result is still reported, so nothing ends silently.
         let result = tokio::select! {
             r = execute(config, &handler, &validator, &metrics, payload, inv.clone()) => r,
-            _ = shutdown.requested() => Err(InvokeError::new(
-                ErrorCode::Cancelled,
-                "the watchdog was told to stop (SIGTERM or SIGINT) before the function finished",
-            )),
+            _ = shutdown.requested() => Err(match shutdown.fatal_reason() {
+                // The runtime itself failed (the HTTP runtime exited): say so.
+                Some(reason) => InvokeError::new(ErrorCode::FunctionError, reason),
+                None => InvokeError::new(
+                    ErrorCode::Cancelled,
+                    "the watchdog was told to stop (SIGTERM or SIGINT) before the function finished",
+                ),
+            }),
         };
         handler.shutdown().await;
         match &result {
