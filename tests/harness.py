@@ -128,6 +128,40 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def _live_parents() -> dict:
+    """parent pid -> [child pids] of every live (not zombie) process."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The state and the parent follow the parenthesised command name.
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    return parents
+
+
+def children_of(pid: int) -> list:
+    """Live processes whose parent is `pid`."""
+    return _live_parents().get(pid, [])
+
+
+def descendants(pid: int) -> list:
+    """Every live process below `pid`: children, grandchildren..."""
+    parents, found, todo = _live_parents(), [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def kill_pid(pid: int) -> None:
     """SIGKILLs a pid a test started (directly or through the watchdog), if alive."""
     try:

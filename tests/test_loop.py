@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from harness import FIXTURES, PY, REPO, Warm, clean_env, pid_alive, run_oneshot, wait_until
+from harness import FIXTURES, PY, REPO, Warm, children_of, clean_env, pid_alive, run_oneshot, wait_until
 
 LOOP = FIXTURES / "loop"
 NODE = shutil.which("node")
@@ -44,23 +44,6 @@ def assert_error(resp, status, code):
     assert set(body) == {"error", "code"}, body
     assert body["code"] == code, body
     return body
-
-
-def children_of(pid):
-    """Pids whose parent is `pid` (the watchdog's LOOP children)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
 
 
 # -- the pool -------------------------------------------------------------------------

@@ -238,6 +238,30 @@ def test_handler_ignoring_the_deadline_makes_health_unhealthy_after_the_grace():
         assert exec_id in body.get("reason", ""), body
 
 
+def test_a_stuck_handler_gets_its_slot_replaced_and_eventually_fails_live():
+    # The reported case: MAX_CONCURRENCY=1, a handler that swallows TimeoutError in
+    # time.sleep(3600). Before, the one thread was lost for good and every later
+    # request waited out its deadline and answered 504.
+    env = py_env(function="stuck", MAX_CONCURRENCY=1, TIMEOUT_MS=300, KILL_GRACE_MS=100)
+    with Warm(env) as w:
+        r = w.post(json={"hang": True})
+        assert r.status_code == 504, r.text
+        stuck_id = r.headers["X-Execution-Id"]
+        # Capacity comes back: a fresh thread serves the next request.
+        wait_until(lambda: w.post(json={}).status_code == 200, 3)
+        body = wait_health(w, 503, 2)
+        assert body["status"] == "unhealthy" and stuck_id in body["reason"], body
+        assert "watchdog_python_stuck_threads{function=\"handlers\"} 1" in w.get("/metrics").text
+        assert w.get("/live").status_code == 200, "one stuck thread is within MAX_CONCURRENCY"
+        # A second stuck thread is more than MAX_CONCURRENCY: /live fails, so the
+        # orchestrator restarts the pod.
+        assert w.post(json={"hang": True}).status_code == 504
+        wait_until(lambda: w.get("/live").status_code == 503, 3)
+        live = w.get("/live").json()
+        assert live["status"] == "unhealthy" and "MAX_CONCURRENCY=1" in live["reason"], live
+        assert w.post(json={}).status_code == 200, "still serving meanwhile"
+
+
 def test_four_sleeping_handlers_run_in_parallel():
     with Warm(py_env(function="sleep", MAX_CONCURRENCY=4)) as w:
         w.post(json={"seconds": 0})  # cold start out of the way

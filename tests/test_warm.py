@@ -426,12 +426,13 @@ def test_file_runner_concurrent_invocations_get_own_files(tmp_path):
         for i, r in enumerate(resps):
             body = r.json()
             assert body["echo"] == {"i": i, "sleep": 0.5}
-            in_name, out_name = os.path.basename(body["input_file"]), os.path.basename(body["output_file"])
-            assert ids[i] in in_name and ids[i] in out_name, body
-            assert in_name.startswith("in") and in_name.endswith(".json"), body
-            assert out_name.startswith("out") and out_name.endswith(".json"), body
-            assert not os.path.exists(body["input_file"]) and not os.path.exists(body["output_file"])
-        assert len({r.json()["input_file"] for r in resps}) == 4
+            # A private directory per invocation, holding the configured base names.
+            private = os.path.dirname(body["input_file"])
+            assert os.path.basename(body["input_file"]) == "in.json", body
+            assert body["output_file"] == os.path.join(private, "out.json"), body
+            assert os.path.dirname(private) == str(tmp_path), body
+            assert not os.path.exists(private), "removed after use"
+        assert len({os.path.dirname(r.json()["input_file"]) for r in resps}) == 4
 
 
 def test_file_runner_single_slot_uses_paths_as_given(tmp_path):

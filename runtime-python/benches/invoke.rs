@@ -22,8 +22,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let payload =
-        json!({"input": {"message": "hello", "n": 42, "tags": ["a", "b"]}, "metadata": {"k": "v"}});
+    let payload = runtime_sdk::Json::from(
+        json!({"input": {"message": "hello", "n": 42, "tags": ["a", "b"]}, "metadata": {"k": "v"}}),
+    );
     println!("| slots | callers | calls/s | mean latency |");
     println!("|---|---|---|---|");
     for slots in [1, 4] {
@@ -34,6 +35,7 @@ fn main() {
             slots,
             kill_grace: Duration::from_millis(100),
             function_name: "bench".into(),
+            max_output: 6 << 20,
         }));
         rt.block_on(h.start()).unwrap();
         for callers in [1usize, 16] {

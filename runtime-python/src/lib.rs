@@ -18,9 +18,11 @@
 //!     slots: 4,
 //!     kill_grace: std::time::Duration::from_millis(100),
 //!     function_name: "echo".into(),
+//!     max_output: 6 << 20,
 //! });
 //! handler.start().await.expect("loads");
-//! let inv = Invocation::new("e1", serde_json::json!({"input": 1}), std::time::Duration::from_secs(5));
+//! let payload = runtime_sdk::Json::parse(r#"{"input": 1}"#).unwrap();
+//! let inv = Invocation::new("e1", payload, std::time::Duration::from_secs(5));
 //! let output = handler.invoke(inv).await;
 //! # }
 //! ```
@@ -55,6 +57,9 @@ pub struct PythonConfig {
     pub kill_grace: Duration,
     /// `FUNCTION_NAME`, for `context.function_name` when an invocation has none.
     pub function_name: String,
+    /// `MAX_OUTPUT_BYTES`: a return value whose JSON is longer fails with
+    /// `OUTPUT_TOO_LARGE`.
+    pub max_output: usize,
 }
 
 enum State {
@@ -68,12 +73,14 @@ enum State {
 /// The `PYTHON` runner.
 pub struct PythonHandler {
     pool: Arc<Pool>,
+    slots: usize,
     state: Mutex<State>,
 }
 
 impl PythonHandler {
     pub fn new(cfg: PythonConfig) -> Self {
         PythonHandler {
+            slots: cfg.slots,
             pool: Pool::new(cfg),
             state: Mutex::new(State::NotStarted),
         }
@@ -91,12 +98,12 @@ impl Handler for PythonHandler {
 
     /// Starts the threads and imports the handler on one of them; the awaiting task
     /// never blocks its tokio worker.
-    fn start(&self) -> BoxFuture<'_, InvokeResult> {
+    fn start(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
         Box::pin(async move {
             {
                 let mut state = self.state();
                 match &*state {
-                    State::Ready => return Ok(serde_json::Value::Null),
+                    State::Ready => return Ok(()),
                     State::Failed(e) => return Err(e.clone()),
                     State::Loading => {
                         return Err(InvokeError::new(
@@ -112,7 +119,7 @@ impl Handler for PythonHandler {
                 Ok(()) => State::Ready,
                 Err(e) => State::Failed(e.clone()),
             };
-            loaded.map(|()| serde_json::Value::Null)
+            loaded
         })
     }
 
@@ -141,6 +148,23 @@ impl Handler for PythonHandler {
                 None => Health::Ready,
             },
         }
+    }
+
+    fn live(&self) -> Result<(), String> {
+        let stuck = self.pool.stuck_threads();
+        let slots = self.slots.max(1);
+        if stuck > slots {
+            Err(format!(
+                "{stuck} Python threads are stuck in handlers past their deadline, more than \
+                 MAX_CONCURRENCY={slots}: restart the process"
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn stuck_threads(&self) -> usize {
+        self.pool.stuck_threads()
     }
 
     /// Closes the job queue so the threads exit; waits at most `max(kill_grace, 500 ms)`

@@ -14,14 +14,14 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::{ffi, intern};
-use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult};
+use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Json};
 use tokio::sync::oneshot;
 
 use crate::embed::{self, Runtime};
@@ -67,6 +67,9 @@ struct Slot {
     running: Mutex<Option<Running>>,
     /// This thread's `AsyncRunner`, made on its first coroutine.
     runner: OnceLock<Py<PyAny>>,
+    /// Set when the thread stayed in a job past its deadline plus the grace: a fresh
+    /// thread took its place, and this one exits as soon as its job returns.
+    abandoned: AtomicBool,
 }
 
 struct Running {
@@ -81,7 +84,14 @@ struct Running {
 pub(crate) struct Pool {
     cfg: PythonConfig,
     queue: JobQueue,
-    slots: OnceLock<Vec<Arc<Slot>>>,
+    /// Every live worker thread, abandoned ones included until they exit.
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Threads abandoned past their deadline and still inside their job.
+    stuck_threads: AtomicUsize,
+    /// Cloned into each worker; the receiver closes when every worker has exited.
+    alive: Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+    /// Names the threads (`ember-py-N`), replacements included.
+    next_thread: AtomicUsize,
     loaded: OnceLock<Loaded>,
     /// Closes when every thread has exited (each holds a sender).
     exited: Mutex<Option<tokio::sync::mpsc::Receiver<()>>>,
@@ -150,16 +160,14 @@ impl Pool {
         Arc::new(Pool {
             cfg,
             queue: JobQueue::default(),
-            slots: OnceLock::new(),
+            slots: Mutex::new(Vec::new()),
+            stuck_threads: AtomicUsize::new(0),
+            alive: Mutex::new(None),
+            next_thread: AtomicUsize::new(0),
             loaded: OnceLock::new(),
             exited: Mutex::new(None),
             next_seq: AtomicU64::new(1),
         })
-    }
-
-    /// `module.function`, for messages.
-    fn label(&self) -> String {
-        format!("{}.{}", self.cfg.module, self.cfg.function)
     }
 
     /// Spawns the threads, then has one of them import the handler.
@@ -176,33 +184,43 @@ impl Pool {
     }
 
     fn spawn(self: &Arc<Pool>) -> Result<(), InvokeError> {
-        let count = self.cfg.slots.max(1);
         let (alive_tx, alive_rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut slots = Vec::with_capacity(count);
-        for i in 0..count {
-            let slot = Arc::new(Slot {
-                name: format!("ember-py-{i}"),
-                ident: AtomicU64::new(0),
-                running: Mutex::new(None),
-                runner: OnceLock::new(),
-            });
-            let (pool, alive) = (Arc::clone(self), alive_tx.clone());
-            let worker_slot = Arc::clone(&slot);
-            thread::Builder::new()
-                .name(slot.name.clone())
-                .stack_size(STACK_SIZE)
-                .spawn(move || pool.worker(&worker_slot, alive))
-                .map_err(|e| {
-                    InvokeError::new(
-                        ErrorCode::HandlerLoadError,
-                        format!("could not start Python thread {i}: {e}"),
-                    )
-                })?;
-            slots.push(slot);
-        }
-        let _ = self.slots.set(slots);
+        *lock(&self.alive) = Some(alive_tx);
         *lock(&self.exited) = Some(alive_rx);
+        for _ in 0..self.cfg.slots.max(1) {
+            self.spawn_worker().map_err(|e| {
+                InvokeError::new(
+                    ErrorCode::HandlerLoadError,
+                    format!("could not start a Python thread: {e}"),
+                )
+            })?;
+        }
         Ok(())
+    }
+
+    /// Starts one worker thread and lists its slot.
+    fn spawn_worker(self: &Arc<Pool>) -> std::io::Result<()> {
+        let Some(alive) = lock(&self.alive).clone() else {
+            return Err(std::io::Error::other("the Python runtime has shut down"));
+        };
+        let n = self.next_thread.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            name: format!("ember-py-{n}"),
+            ident: AtomicU64::new(0),
+            running: Mutex::new(None),
+            runner: OnceLock::new(),
+            abandoned: AtomicBool::new(false),
+        });
+        let (pool, worker_slot) = (Arc::clone(self), Arc::clone(&slot));
+        lock(&self.slots).push(slot.clone());
+        let spawned = thread::Builder::new()
+            .name(slot.name.clone())
+            .stack_size(STACK_SIZE)
+            .spawn(move || pool.worker(&worker_slot, alive));
+        if spawned.is_err() {
+            lock(&self.slots).retain(|s| !Arc::ptr_eq(s, &slot));
+        }
+        spawned.map(drop)
     }
 
     fn send(&self, job: Job) -> Result<(), InvokeError> {
@@ -234,36 +252,30 @@ impl Pool {
             deadline,
             answer: Some(rx),
         };
+        // No timer here: the pipeline drops this future at the deadline, and
+        // `pending` then has the handler stopped (the timer that must act on
+        // the Python thread is `interrupt_later`).
         let rx = pending.answer.as_mut().expect("set above");
-        match tokio::time::timeout_at(deadline.into(), rx).await {
-            Ok(Ok(result)) => {
-                pending.answer = None;
-                result
-            }
-            Ok(Err(_)) => {
-                pending.answer = None;
-                Err(InvokeError::new(
-                    ErrorCode::HandlerError,
-                    "the Python thread ended without a result",
-                ))
-            }
-            // `pending` drops still waiting: the handler gets stopped.
-            Err(_) => Err(self.timeout_error()),
-        }
+        let answer = rx.await;
+        pending.answer = None;
+        answer.unwrap_or_else(|_| {
+            Err(InvokeError::new(
+                ErrorCode::HandlerError,
+                "the Python thread ended without a result",
+            ))
+        })
     }
 
-    fn timeout_error(&self) -> InvokeError {
-        InvokeError::new(
-            ErrorCode::Timeout,
-            format!("{} did not return before its deadline", self.label()),
-        )
+    /// Threads abandoned past their deadline and still inside their job.
+    pub(crate) fn stuck_threads(&self) -> usize {
+        self.stuck_threads.load(Ordering::Acquire)
     }
 
     /// The invocation a thread has kept past its deadline plus `kill_grace`, if any.
     pub(crate) fn stuck(&self) -> Option<String> {
         let grace = self.cfg.kill_grace;
         let now = Instant::now();
-        for slot in self.slots.get()? {
+        for slot in lock(&self.slots).iter() {
             if let Some(r) = lock(&slot.running).as_ref() {
                 if now > r.deadline + grace {
                     return Some(format!(
@@ -283,16 +295,15 @@ impl Pool {
     /// Closes the queue; waits a little for the threads, never for a stuck one.
     pub(crate) async fn shutdown(&self) {
         self.queue.close();
+        // No replacement thread from now on; the channel closes with the last worker.
+        lock(&self.alive).take();
         let Some(mut exited) = lock(&self.exited).take() else {
             return;
         };
         let wait = self.cfg.kill_grace.max(Duration::from_millis(500));
         if tokio::time::timeout(wait, exited.recv()).await.is_err() {
-            let busy: Vec<String> = self
-                .slots
-                .get()
-                .into_iter()
-                .flatten()
+            let busy: Vec<String> = lock(&self.slots)
+                .iter()
                 .filter_map(|s| lock(&s.running).as_ref().map(|r| r.execution_id.clone()))
                 .collect();
             tracing::warn!(
@@ -340,6 +351,16 @@ impl Pool {
                     Err(_) => {
                         tracing::error!(thread = %slot.name, "panic in the Python runtime; job abandoned")
                     }
+                }
+                if slot.abandoned.load(Ordering::Acquire) {
+                    // A fresh thread serves in this one's place: leave.
+                    if let Some((reply, result)) = answer.take() {
+                        let _ = reply.send(result);
+                    }
+                    self.stuck_threads.fetch_sub(1, Ordering::AcqRel);
+                    lock(&self.slots).retain(|s| !std::ptr::eq(&**s, slot));
+                    tracing::warn!(thread = %slot.name, "a stuck Python thread returned at last and exits");
+                    break;
                 }
             }
         });
@@ -392,7 +413,10 @@ impl Pool {
             return None;
         }
         if Instant::now() >= inv.deadline {
-            return Some((reply, Err(self.timeout_error())));
+            return Some((
+                reply,
+                Err(InvokeError::timeout(&inv.execution_id, inv.budget())),
+            ));
         }
         let result = self.call(py, slot, loaded, seq, &inv, busy);
         Some((reply, result))
@@ -407,7 +431,7 @@ impl Pool {
         inv: &Invocation,
         busy: Busy<'_>,
     ) -> InvokeResult {
-        let request = convert::to_py(py, &inv.payload).map_err(|e| {
+        let request = convert::to_py(py, &inv.payload.to_value()).map_err(|e| {
             InvokeError::new(
                 ErrorCode::InvalidRequest,
                 format!("the payload cannot be passed to Python: {e}"),
@@ -433,17 +457,26 @@ impl Pool {
         let interrupted = busy.finish(py);
         logs::end_call();
         match out {
-            Ok(obj) => convert::from_py(&obj).map_err(|e| {
-                tracing::warn!(
-                    execution_id = %inv.execution_id,
-                    trace_id = inv.trace_id.as_deref(),
-                    "handler returned a value that is not JSON: {e}"
-                );
-                InvokeError::new(
-                    ErrorCode::OutputSerializationError,
-                    format!("the return value is not JSON-serialisable: {e}"),
-                )
-            }),
+            Ok(obj) => {
+                let json = convert::from_py(&obj).map(|v| Json::from_value(&v));
+                match json {
+                    Ok(json) if json.len() > self.cfg.max_output => Err(
+                        InvokeError::output_too_large("the return value", self.cfg.max_output),
+                    ),
+                    Ok(json) => Ok(json),
+                    Err(e) => {
+                        tracing::warn!(
+                            execution_id = %inv.execution_id,
+                            trace_id = inv.trace_id.as_deref(),
+                            "handler returned a value that is not JSON: {e}"
+                        );
+                        Err(InvokeError::new(
+                            ErrorCode::OutputSerializationError,
+                            format!("the return value is not JSON-serialisable: {e}"),
+                        ))
+                    }
+                }
+            }
             Err(err) => Err(errors::handler_error(py, loaded.rt, &err, inv, interrupted)),
         }
     }
@@ -483,14 +516,14 @@ impl Pool {
         }
     }
 
-    fn interrupt(&self, seq: u64, execution_id: &str, deadline: Instant) {
+    fn interrupt(self: &Arc<Pool>, seq: u64, execution_id: &str, deadline: Instant) {
         // A caller that went away early (client gone) leaves the handler its full time.
         thread::sleep(deadline.saturating_duration_since(Instant::now()));
         let grace = self.cfg.kill_grace;
         let Some(slot) = self.slot_running(seq) else {
             return; // finished, or still queued (it will be skipped)
         };
-        let Some(is_async) = Python::try_attach(|py| raise_in(py, slot, seq, false)).flatten()
+        let Some(is_async) = Python::try_attach(|py| raise_in(py, &slot, seq, false)).flatten()
         else {
             return;
         };
@@ -499,27 +532,48 @@ impl Pool {
             // code never sees the cancellation, so it gets the TimeoutError too.
             thread::sleep((grace / 2).clamp(Duration::from_millis(10), Duration::from_millis(250)));
             if self.slot_running(seq).is_some() {
-                Python::try_attach(|py| raise_in(py, slot, seq, true));
+                Python::try_attach(|py| raise_in(py, &slot, seq, true));
             }
         }
         thread::sleep((deadline + grace).saturating_duration_since(Instant::now()));
-        if self.slot_running(seq).is_some() {
-            tracing::error!(
-                execution_id,
-                thread = %slot.name,
-                "handler did not stop within {} ms after its deadline; /health reports \
-                 unhealthy until it returns",
-                grace.as_millis()
-            );
+        if let Some(slot) = self.slot_running(seq) {
+            self.abandon(&slot, seq, execution_id);
         }
     }
 
-    fn slot_running(&self, seq: u64) -> Option<&Slot> {
-        self.slots
-            .get()?
+    /// Gives up on a thread that stays in job `seq` past its deadline plus the grace:
+    /// a fresh thread takes its place, so the pool's capacity comes back, and this one
+    /// leaves when (if ever) its job returns. `/health` says `unhealthy` while it is
+    /// stuck; `/live` fails once more threads are stuck than there are slots.
+    fn abandon(self: &Arc<Pool>, slot: &Slot, seq: u64, execution_id: &str) {
+        {
+            // Checked and set under the slot's lock, which the worker takes to end the
+            // job: either it sees the flag after this job, or this sees the job ended.
+            let running = lock(&slot.running);
+            if running.as_ref().is_none_or(|r| r.seq != seq) {
+                return;
+            }
+            slot.abandoned.store(true, Ordering::Release);
+        }
+        let stuck = self.stuck_threads.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::error!(
+            execution_id,
+            thread = %slot.name,
+            stuck_threads = stuck,
+            "handler did not stop within {} ms after its deadline; a fresh thread takes its \
+             slot, and /health reports unhealthy until it returns",
+            self.cfg.kill_grace.as_millis()
+        );
+        if let Err(e) = self.spawn_worker() {
+            tracing::error!("could not start a Python thread to replace a stuck one: {e}");
+        }
+    }
+
+    fn slot_running(&self, seq: u64) -> Option<Arc<Slot>> {
+        lock(&self.slots)
             .iter()
-            .map(|s| &**s)
             .find(|s| lock(&s.running).as_ref().is_some_and(|r| r.seq == seq))
+            .cloned()
     }
 }
 

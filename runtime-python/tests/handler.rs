@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use runtime_python::{PythonConfig, PythonHandler};
-use runtime_sdk::{ErrorCode, Handler, Health, Invocation, InvokeError};
+use runtime_sdk::{ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult, Json};
 use serde_json::{json, Value};
 
 fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
@@ -53,6 +53,24 @@ fn config(module: &str, function: &str, slots: usize) -> PythonConfig {
         slots,
         kill_grace: Duration::from_millis(200),
         function_name: "testfn".into(),
+        max_output: 1 << 20,
+    }
+}
+
+/// Calls `invoke` as the watchdog's pipeline does: the future is dropped at
+/// the deadline, which is what stops the handler.
+/// The output comes back as a tree, for the assertions.
+trait ByDeadline {
+    async fn call(&self, inv: Invocation) -> Result<Value, InvokeError>;
+}
+
+impl ByDeadline for PythonHandler {
+    async fn call(&self, inv: Invocation) -> Result<Value, InvokeError> {
+        let (deadline, budget, id) = (inv.deadline, inv.budget(), inv.execution_id.clone());
+        let result: InvokeResult = tokio::time::timeout_at(deadline.into(), self.invoke(inv))
+            .await
+            .unwrap_or_else(|_| Err(InvokeError::timeout(&id, budget)));
+        result.map(|json| json.to_value())
     }
 }
 
@@ -63,7 +81,7 @@ async fn started(module: &str, function: &str, slots: usize) -> PythonHandler {
 }
 
 fn inv(id: &str, payload: Value, timeout_ms: u64) -> Invocation {
-    Invocation::new(id, payload, Duration::from_millis(timeout_ms))
+    Invocation::new(id, Json::from(payload), Duration::from_millis(timeout_ms))
 }
 
 async fn load_error(module: &str, function: &str) -> InvokeError {
@@ -71,7 +89,7 @@ async fn load_error(module: &str, function: &str) -> InvokeError {
     let err = h.start().await.expect_err("load fails");
     assert_eq!(err.code, ErrorCode::HandlerLoadError);
     assert_eq!(h.health(), Health::Unhealthy(err.message.clone()));
-    let again = h.invoke(inv("after-load-error", json!({}), 1000)).await;
+    let again = h.call(inv("after-load-error", json!({}), 1000)).await;
     assert_eq!(
         again,
         Err(err.clone()),
@@ -90,10 +108,7 @@ async fn echo_returns_the_payload_unchanged() {
             "héllo 😀 \u0000", null, true, {"z": {}, "y": []}]}, "metadata": {"k": "v"}}"#,
     )
     .unwrap();
-    let out = h
-        .invoke(inv("e-echo", payload.clone(), 5000))
-        .await
-        .unwrap();
+    let out = h.call(inv("e-echo", payload.clone(), 5000)).await.unwrap();
     assert_eq!(
         out.to_string(),
         payload.to_string(),
@@ -107,9 +122,7 @@ async fn echo_returns_the_payload_unchanged() {
         json!(false),
     ] {
         assert_eq!(
-            h.invoke(inv("e-echo-2", other.clone(), 5000))
-                .await
-                .unwrap(),
+            h.call(inv("e-echo-2", other.clone(), 5000)).await.unwrap(),
             other
         );
     }
@@ -123,7 +136,7 @@ async fn context_carries_the_invocation() {
     i.trace_id = Some("trace-1".into());
     i.attempt = Some(3);
     i.cold_start = true;
-    let out = h.invoke(i.clone()).await.unwrap();
+    let out = h.call(i.clone()).await.unwrap();
     assert_eq!(out["execution_id"], "e-ctx");
     assert_eq!(out["trace_id"], "trace-1");
     assert_eq!(out["attempt"], 3);
@@ -138,7 +151,7 @@ async fn context_carries_the_invocation() {
 
     let mut j = inv("e-ctx-2", json!({}), 5000);
     j.function_name = "named".into();
-    let out = h.invoke(j).await.unwrap();
+    let out = h.call(j).await.unwrap();
     assert_eq!(out["trace_id"], Value::Null);
     assert_eq!(out["attempt"], 1, "attempt defaults to 1");
     assert_eq!(out["function_name"], "named");
@@ -164,7 +177,7 @@ async fn async_handlers_reuse_one_loop_per_thread() {
     let h = started("t_async", "handle", 1).await;
     for n in 0..5 {
         let out = h
-            .invoke(inv(&format!("e-async-{n}"), json!({}), 5000))
+            .call(inv(&format!("e-async-{n}"), json!({}), 5000))
             .await
             .unwrap();
         assert_eq!(out["execution_id"], format!("e-async-{n}"));
@@ -175,7 +188,7 @@ async fn async_handlers_reuse_one_loop_per_thread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_in_a_package_and_another_function_name() {
     let h = started("pkg.sub", "main", 1).await;
-    let out = h.invoke(inv("e-pkg", json!([1]), 5000)).await.unwrap();
+    let out = h.call(inv("e-pkg", json!([1]), 5000)).await.unwrap();
     assert_eq!(out, json!({"from": "pkg.sub", "request": [1]}));
 }
 
@@ -218,7 +231,7 @@ async fn signatures_decide_whether_context_is_passed() {
         ("method", json!("method")),
     ] {
         let h = started("t_signatures", function, 1).await;
-        let out = h.invoke(inv("e-sig", json!({}), 5000)).await;
+        let out = h.call(inv("e-sig", json!({}), 5000)).await;
         assert_eq!(out, Ok(expected), "{function}");
         h.shutdown().await;
     }
@@ -240,7 +253,7 @@ async fn signatures_decide_whether_context_is_passed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exceptions_become_codes() {
     let h = started("t_errors", "dispatch", 2).await;
-    let call = |f: &str| h.invoke(inv(&format!("e-{f}"), json!({"fn": f}), 5000));
+    let call = |f: &str| h.call(inv(&format!("e-{f}"), json!({"fn": f}), 5000));
 
     let e = call("value_error").await.unwrap_err();
     assert_eq!(
@@ -272,7 +285,7 @@ async fn a_spinning_handler_is_stopped_at_its_deadline() {
     let h = started("t_errors", "dispatch", 1).await;
     let t = Instant::now();
     let e = h
-        .invoke(inv("e-spin", json!({"fn": "spin"}), 300))
+        .call(inv("e-spin", json!({"fn": "spin"}), 300))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout);
@@ -283,7 +296,7 @@ async fn a_spinning_handler_is_stopped_at_its_deadline() {
     );
     // The only thread got TimeoutError and serves again, with no exception left over.
     let out = h
-        .invoke(inv("e-after-spin", json!({"fn": "handle"}), 2000))
+        .call(inv("e-after-spin", json!({"fn": "handle"}), 2000))
         .await;
     assert_eq!(out, Ok(json!("ok")));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -291,11 +304,12 @@ async fn a_spinning_handler_is_stopped_at_its_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_that_ignores_the_deadline_makes_health_unhealthy() {
-    let h = started("t_errors", "dispatch", 2).await;
+async fn a_handler_that_ignores_the_deadline_is_replaced_by_a_fresh_thread() {
+    // One slot: without a replacement, the stuck thread would swallow all work.
+    let h = started("t_errors", "dispatch", 1).await;
     let t = Instant::now();
     let e = h
-        .invoke(inv(
+        .call(inv(
             "e-stubborn",
             json!({"fn": "stubborn", "seconds": 1.5}),
             200,
@@ -319,14 +333,33 @@ async fn a_handler_that_ignores_the_deadline_makes_health_unhealthy() {
         }
         other => panic!("expected unhealthy, got {other:?}"),
     }
-    // The other slot keeps serving.
-    let out = h
-        .invoke(inv("e-other", json!({"fn": "handle"}), 1000))
-        .await;
+    assert_eq!(h.stuck_threads(), 1);
+    assert_eq!(
+        h.live(),
+        Ok(()),
+        "one stuck thread is not more than the slots"
+    );
+    // The fresh thread serves, though the only original thread is still stuck.
+    let out = h.call(inv("e-other", json!({"fn": "handle"}), 1000)).await;
     assert_eq!(out, Ok(json!("ok")));
-    // Once the stubborn handler returns, the thread is free and health recovers.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // A second stuck thread is more than MAX_CONCURRENCY=1: /live fails.
+    let _ = h
+        .call(inv(
+            "e-stubborn-2",
+            json!({"fn": "stubborn", "seconds": 1.5}),
+            100,
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(h.stuck_threads(), 2);
+    assert!(h.live().unwrap_err().contains("MAX_CONCURRENCY=1"));
+    // Once the stubborn handlers return, their threads leave and health recovers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.stuck_threads(), 0);
+    assert_eq!(h.live(), Ok(()));
     assert_eq!(h.health(), Health::Ready);
+    let out = h.call(inv("e-after", json!({"fn": "handle"}), 1000)).await;
+    assert_eq!(out, Ok(json!("ok")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +367,7 @@ async fn sleeping_handlers_time_out_and_the_thread_comes_back() {
     let h = started("t_errors", "dispatch", 1).await;
     let t = Instant::now();
     let e = h
-        .invoke(inv("e-sleep", json!({"fn": "sleep", "seconds": 0.6}), 200))
+        .call(inv("e-sleep", json!({"fn": "sleep", "seconds": 0.6}), 200))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout);
@@ -343,16 +376,22 @@ async fn sleeping_handlers_time_out_and_the_thread_comes_back() {
         "{:?}",
         t.elapsed()
     );
-    // time.sleep is not interrupted: the next job waits for it, then runs cleanly.
+    // time.sleep is not interrupted: the next job waits until the thread is given up
+    // on (deadline + grace, 400 ms), then a fresh thread runs it cleanly without
+    // waiting for the sleep to end.
     let out = h
-        .invoke(inv("e-after-sleep", json!({"fn": "handle"}), 2000))
+        .call(inv("e-after-sleep", json!({"fn": "handle"}), 2000))
         .await;
     assert_eq!(out, Ok(json!("ok")));
     assert!(
-        t.elapsed() >= Duration::from_millis(550),
+        t.elapsed() >= Duration::from_millis(380) && t.elapsed() < Duration::from_millis(580),
         "{:?}",
         t.elapsed()
     );
+    // The sleeper returns at 600 ms, gets its TimeoutError dropped, and leaves.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.stuck_threads(), 0);
+    assert_eq!(h.health(), Health::Ready);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +399,7 @@ async fn async_handlers_are_cancelled_at_the_deadline() {
     let h = started("t_errors", "dispatch", 1).await;
     let t = Instant::now();
     let e = h
-        .invoke(inv(
+        .call(inv(
             "e-async-sleep",
             json!({"fn": "async_sleep", "seconds": 5}),
             200,
@@ -371,7 +410,7 @@ async fn async_handlers_are_cancelled_at_the_deadline() {
     // The task was cancelled (the loop woken), so the thread is free long before the
     // 5 s sleep would end (the bound is loose: other tests share this interpreter's GIL).
     let out = h
-        .invoke(inv("e-after-async", json!({"fn": "handle"}), 3000))
+        .call(inv("e-after-async", json!({"fn": "handle"}), 3000))
         .await;
     assert_eq!(out, Ok(json!("ok")));
     assert!(
@@ -382,12 +421,12 @@ async fn async_handlers_are_cancelled_at_the_deadline() {
 
     // A coroutine spinning without await ignores cancellation; TimeoutError follows.
     let e = h
-        .invoke(inv("e-async-spin", json!({"fn": "async_spin"}), 200))
+        .call(inv("e-async-spin", json!({"fn": "async_spin"}), 200))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout);
     let out = h
-        .invoke(inv(
+        .call(inv(
             "e-after-async-spin",
             json!({"fn": "async_sleep", "seconds": 0.01}),
             2000,
@@ -408,7 +447,7 @@ async fn slots_run_in_parallel() {
         .map(|n| {
             let h = Arc::clone(&h);
             tokio::spawn(async move {
-                h.invoke(inv(
+                h.call(inv(
                     &format!("e-par-{n}"),
                     json!({"fn": "sleep", "seconds": 0.3}),
                     5000,
@@ -433,7 +472,7 @@ async fn shutdown_does_not_wait_for_a_stuck_handler() {
     let stuck = {
         let h = Arc::clone(&h);
         tokio::spawn(async move {
-            h.invoke(inv("e-stuck", json!({"fn": "sleep", "seconds": 3}), 10000))
+            h.call(inv("e-stuck", json!({"fn": "sleep", "seconds": 3}), 10000))
                 .await
         })
     };
@@ -446,7 +485,7 @@ async fn shutdown_does_not_wait_for_a_stuck_handler() {
         t.elapsed()
     );
     let e = h
-        .invoke(inv("e-late", json!({"fn": "handle"}), 1000))
+        .call(inv("e-late", json!({"fn": "handle"}), 1000))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Cancelled);
@@ -457,14 +496,14 @@ async fn shutdown_does_not_wait_for_a_stuck_handler() {
 async fn invoke_before_start_is_not_ready() {
     let h = PythonHandler::new(config("t_echo", "handle", 1));
     assert_eq!(h.health(), Health::Starting);
-    let e = h.invoke(inv("e-early", json!({}), 1000)).await.unwrap_err();
+    let e = h.call(inv("e-early", json!({}), 1000)).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotReady);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_see_a_python_whose_stdout_is_the_log() {
     let h = started("t_signatures", "interpreter", 1).await;
-    let out = h.invoke(inv("e-probe", json!({}), 5000)).await.unwrap();
+    let out = h.call(inv("e-probe", json!({}), 5000)).await.unwrap();
     assert_eq!(
         out["stdout"], "_Stream",
         "print() goes to the log, not fd 1"

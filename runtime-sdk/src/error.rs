@@ -1,4 +1,5 @@
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
@@ -19,6 +20,7 @@ pub enum ErrorCode {
     HandlerLoadError,
     OutputSerializationError,
     OutputValidationError,
+    OutputTooLarge,
     FunctionError,
     Cancelled,
     Custom(String),
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::HandlerLoadError => "HANDLER_LOAD_ERROR",
             ErrorCode::OutputSerializationError => "OUTPUT_SERIALIZATION_ERROR",
             ErrorCode::OutputValidationError => "OUTPUT_VALIDATION_ERROR",
+            ErrorCode::OutputTooLarge => "OUTPUT_TOO_LARGE",
             ErrorCode::FunctionError => "FUNCTION_ERROR",
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::Custom(code) => code,
@@ -58,6 +61,7 @@ impl ErrorCode {
             "HANDLER_LOAD_ERROR" => ErrorCode::HandlerLoadError,
             "OUTPUT_SERIALIZATION_ERROR" => ErrorCode::OutputSerializationError,
             "OUTPUT_VALIDATION_ERROR" => ErrorCode::OutputValidationError,
+            "OUTPUT_TOO_LARGE" => ErrorCode::OutputTooLarge,
             "FUNCTION_ERROR" => ErrorCode::FunctionError,
             "CANCELLED" => ErrorCode::Cancelled,
             other => ErrorCode::Custom(other.to_owned()),
@@ -91,6 +95,34 @@ impl InvokeError {
             code,
             message: message.into(),
         }
+    }
+
+    /// `TIMEOUT` for an invocation cut by its deadline; `budget` is the
+    /// time it was given (`min(TIMEOUT_MS, X-Timeout-Ms)`).
+    pub fn timeout(execution_id: &str, budget: Duration) -> Self {
+        InvokeError::new(
+            ErrorCode::Timeout,
+            format!(
+                "execution {execution_id} did not finish within its {} ms deadline (TIMEOUT_MS or X-Timeout-Ms)",
+                // Measured just after the deadline was set: round the few
+                // microseconds spent since then back up.
+                budget.as_micros().div_ceil(1000)
+            ),
+        )
+    }
+
+    /// `OUTPUT_TOO_LARGE`: `what` (stdout, the output file...) went past
+    /// `MAX_OUTPUT_BYTES` and was not read further.
+    pub fn output_too_large(what: &str, limit: usize) -> Self {
+        InvokeError::new(
+            ErrorCode::OutputTooLarge,
+            format!("{what} is larger than MAX_OUTPUT_BYTES={limit}; reading stopped there"),
+        )
+    }
+
+    /// `CANCELLED`, with why.
+    pub fn cancelled(why: impl Into<String>) -> Self {
+        InvokeError::new(ErrorCode::Cancelled, why)
     }
 
     /// The error body of contract section 4: `{"error": ..., "code": ...}`.

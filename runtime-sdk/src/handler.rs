@@ -1,7 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::{Invocation, InvokeResult};
+use crate::{Invocation, InvokeError, InvokeResult};
 
 /// A boxed, sendable future, so `Handler` stays object safe without an
 /// async-trait dependency.
@@ -28,16 +28,30 @@ pub trait Handler: Send + Sync + 'static {
     /// Gets the function ready (import, spawn, wait for health). Called once
     /// before the first `invoke`. An error is reported as the result of
     /// every invocation in one-shot mode, and makes warm mode unhealthy.
-    fn start(&self) -> BoxFuture<'_, InvokeResult> {
-        Box::pin(async { Ok(serde_json::Value::Null) })
+    fn start(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
+        Box::pin(async { Ok(()) })
     }
 
-    /// Runs one invocation. Must end by `inv.deadline` (returning
-    /// `ErrorCode::Timeout`) whatever the function does.
+    /// Runs one invocation. The caller drops the future at `inv.deadline`
+    /// (the watchdog's pipeline owns the deadline and the `TIMEOUT` error);
+    /// dropping it must stop the work, and a runner keeps only the timers
+    /// that must act on a process or a thread.
     fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult>;
 
     fn health(&self) -> Health {
         Health::Ready
+    }
+
+    /// `Err` with the reason when the runner can no longer recover by
+    /// itself and the process should be restarted (`/live` fails).
+    fn live(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Worker threads given up on past their deadline and still busy
+    /// (the Python runtime's; 0 for other runners).
+    fn stuck_threads(&self) -> usize {
+        0
     }
 
     /// Stops whatever the runner keeps (children, threads); called once at

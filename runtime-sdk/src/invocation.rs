@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use crate::Json;
 
 /// One call of the function: the payload and what the contract says travels
 /// with it (section 4 headers, section 9 context).
@@ -22,15 +22,18 @@ pub struct Invocation {
     /// True for the first invocation after start-up.
     pub cold_start: bool,
     pub function_name: String,
-    /// Any JSON value, passed through unchanged (section 3).
-    pub payload: Value,
+    /// Any JSON value, passed through unchanged as the bytes it came as
+    /// (section 3).
+    pub payload: Json,
     /// Extra headers an `HTTP` runtime should see (lower-case names).
     pub headers: BTreeMap<String, String>,
+    /// `deadline` minus when it was set, for the `TIMEOUT` message.
+    budget: Duration,
 }
 
 impl Invocation {
     /// A new invocation whose deadline is `timeout` from now.
-    pub fn new(execution_id: impl Into<String>, payload: Value, timeout: Duration) -> Self {
+    pub fn new(execution_id: impl Into<String>, payload: Json, timeout: Duration) -> Self {
         Invocation {
             execution_id: execution_id.into(),
             trace_id: None,
@@ -43,7 +46,24 @@ impl Invocation {
             function_name: String::new(),
             payload,
             headers: BTreeMap::new(),
+            budget: timeout,
         }
+    }
+
+    /// Sets the deadline to `timeout` from now, whatever it was (one-shot:
+    /// the clock starts once the function is ready, section 5).
+    pub fn restart_deadline(&mut self, timeout: Duration) {
+        self.deadline = Instant::now() + timeout;
+        self.deadline_unix_ms = unix_ms_in(timeout);
+        self.budget = timeout;
+    }
+
+    /// Sets the deadline to `deadline`, given as `budget` when it was set
+    /// (warm: at the request's arrival, so queued time counts).
+    pub fn set_deadline(&mut self, deadline: Instant, budget: Duration) {
+        self.deadline = deadline;
+        self.deadline_unix_ms = unix_ms_in(deadline.saturating_duration_since(Instant::now()));
+        self.budget = budget;
     }
 
     /// Moves the deadline earlier (never later) to `timeout` from now.
@@ -52,7 +72,13 @@ impl Invocation {
         if candidate < self.deadline {
             self.deadline = candidate;
             self.deadline_unix_ms = unix_ms_in(timeout);
+            self.budget = timeout;
         }
+    }
+
+    /// The time this invocation was given when its deadline was set.
+    pub fn budget(&self) -> Duration {
+        self.budget
     }
 
     /// Time left before the deadline (zero once it has passed).
@@ -74,7 +100,7 @@ mod tests {
 
     #[test]
     fn deadline_only_moves_earlier() {
-        let mut inv = Invocation::new("e1", Value::Null, Duration::from_secs(10));
+        let mut inv = Invocation::new("e1", Json::null(), Duration::from_secs(10));
         let before = inv.deadline;
         inv.shorten_deadline(Duration::from_secs(60));
         assert_eq!(inv.deadline, before);

@@ -7,14 +7,16 @@
 mod error;
 mod handler;
 mod invocation;
+mod json;
 pub mod names;
 
 pub use error::{ErrorCode, InvokeError};
 pub use handler::{BoxFuture, Handler, Health};
 pub use invocation::Invocation;
+pub use json::Json;
 
-/// A function's output: any JSON value.
-pub type Output = serde_json::Value;
+/// A function's output: JSON text, kept as bytes.
+pub type Output = Json;
 
 /// What one invocation ends with.
 pub type InvokeResult = Result<Output, InvokeError>;

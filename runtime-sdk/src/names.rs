@@ -29,6 +29,7 @@ pub const WARM_PORT: &str = "WARM_PORT";
 pub const PORT: &str = "PORT";
 pub const BIND_ADDRESS: &str = "BIND_ADDRESS";
 pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
+pub const MAX_OUTPUT_BYTES: &str = "MAX_OUTPUT_BYTES";
 pub const MAX_CONCURRENCY: &str = "MAX_CONCURRENCY";
 pub const QUEUE_DEPTH: &str = "QUEUE_DEPTH";
 pub const INVOKE_TOKEN: &str = "INVOKE_TOKEN";

@@ -7,11 +7,14 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use runtime_sdk::names::header;
 use runtime_sdk::{Invocation, InvokeResult};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CallbackConfig;
 use crate::metrics::Metrics;
+
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// `{CALLBACK_URL}/{EXECUTION_ID}:complete`; a URL already ending in
 /// `:complete` is used as is, a trailing `/` dropped.
@@ -24,11 +27,38 @@ pub fn complete_url(base: &url::Url, execution_id: &str) -> Result<url::Url, Str
     url::Url::parse(&format!("{text}/{id}:complete")).map_err(|e| e.to_string())
 }
 
-/// The callback body (section 6).
-pub fn result_body(result: &InvokeResult) -> Value {
+/// The callback body (section 6), written around the output's own bytes.
+pub fn result_body(result: &InvokeResult) -> Vec<u8> {
     match result {
-        Ok(output) => json!({"success": true, "output": output, "error": null}),
-        Err(e) => json!({"success": false, "output": null, "error": e}),
+        Ok(output) => {
+            let mut body = Vec::with_capacity(output.len() + 40);
+            body.extend_from_slice(b"{\"success\":true,\"output\":");
+            body.extend_from_slice(output.as_bytes());
+            body.extend_from_slice(b",\"error\":null}");
+            body
+        }
+        Err(e) => serde_json::to_vec(&json!({"success": false, "output": null, "error": e}))
+            .expect("an error serialises"),
+    }
+}
+
+/// What identifies an invocation on its callback.
+#[derive(Debug, Clone, Default)]
+pub struct Ids {
+    pub execution_id: String,
+    pub trace_id: Option<String>,
+    pub attempt: Option<u32>,
+    pub idempotency_key: Option<String>,
+}
+
+impl Ids {
+    pub fn of(inv: &Invocation) -> Self {
+        Ids {
+            execution_id: inv.execution_id.clone(),
+            trace_id: inv.trace_id.clone(),
+            attempt: inv.attempt,
+            idempotency_key: inv.idempotency_key.clone(),
+        }
     }
 }
 
@@ -40,38 +70,23 @@ pub struct Delivery {
     pub trace_id: Option<String>,
     pub attempt: Option<u32>,
     pub idempotency_key: String,
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
 }
 
 impl Delivery {
-    pub fn new(url: url::Url, inv: &Invocation, result: &InvokeResult) -> Self {
-        Delivery::from_parts(
-            url,
-            &inv.execution_id,
-            inv.trace_id.clone(),
-            inv.attempt,
-            inv.idempotency_key.clone(),
-            result,
-        )
-    }
-
-    pub fn from_parts(
-        url: url::Url,
-        execution_id: &str,
-        trace_id: Option<String>,
-        attempt: Option<u32>,
-        idempotency_key: Option<String>,
-        result: &InvokeResult,
-    ) -> Self {
+    pub fn new(url: url::Url, ids: &Ids, result: &InvokeResult) -> Self {
         Delivery {
             url,
-            execution_id: execution_id.to_owned(),
-            trace_id,
-            attempt,
+            execution_id: ids.execution_id.clone(),
+            trace_id: ids.trace_id.clone(),
+            attempt: ids.attempt,
             // Stable across attempts and restarts, so the control plane can
             // drop a duplicate of the same execution's result.
-            idempotency_key: idempotency_key.unwrap_or_else(|| execution_id.to_owned()),
-            body: serde_json::to_vec(&result_body(result)).unwrap_or_default(),
+            idempotency_key: ids
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| ids.execution_id.clone()),
+            body: result_body(result).into(),
         }
     }
 }
@@ -108,6 +123,14 @@ impl CallbackClient {
 
     pub fn config(&self) -> &CallbackConfig {
         &self.cfg
+    }
+
+    /// The longest one delivery can take: every attempt timing out, with
+    /// the longest backoff between them. Flushing at exit waits this long
+    /// at most (README, "Choosing the shutdown timeouts").
+    pub fn budget(&self) -> Duration {
+        let attempts = self.cfg.attempts.max(1);
+        self.cfg.timeout * attempts + MAX_BACKOFF * (attempts - 1)
     }
 
     async fn attempt(&self, d: &Delivery) -> Result<(), AttemptError> {
@@ -154,7 +177,7 @@ impl CallbackClient {
     pub async fn deliver(&self, d: &Delivery) -> Result<(), String> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(2))
+            .with_max_delay(MAX_BACKOFF)
             .with_max_times(self.cfg.attempts.saturating_sub(1) as usize)
             .with_jitter();
         let result = (|| self.attempt(d))
@@ -238,17 +261,18 @@ mod tests {
 
     #[test]
     fn body_has_success_output_error() {
-        let ok: InvokeResult = Ok(json!({"a": 1}));
+        let ok: InvokeResult =
+            Ok(runtime_sdk::Json::parse("{\"n\": 1.000000000000000000001}").unwrap());
         assert_eq!(
-            result_body(&ok),
-            json!({"success": true, "output": {"a": 1}, "error": null})
+            String::from_utf8(result_body(&ok)).unwrap(),
+            "{\"success\":true,\"output\":{\"n\": 1.000000000000000000001},\"error\":null}"
         );
         let err: InvokeResult = Err(runtime_sdk::InvokeError::new(
             runtime_sdk::ErrorCode::Timeout,
             "late",
         ));
         assert_eq!(
-            result_body(&err),
+            serde_json::from_slice::<serde_json::Value>(&result_body(&err)).unwrap(),
             json!({"success": false, "output": null, "error": {"code": "TIMEOUT", "message": "late"}})
         );
     }

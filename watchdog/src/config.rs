@@ -184,6 +184,9 @@ struct Args {
     /// Warm: largest accepted request body
     #[arg(long, env = names::MAX_BODY_BYTES, default_value = "6291456", value_parser = parse_positive)]
     max_body_bytes: u64,
+    /// Largest output a function may produce (stdout, output file, runtime answer, LOOP line, Python return value)
+    #[arg(long, env = names::MAX_OUTPUT_BYTES, default_value = "6291456", value_parser = parse_positive)]
+    max_output_bytes: u64,
     /// Warm: invocations running at once [default: PYTHON 4, HTTP 64, STDIO 8, FILE 8, LOOP 4]
     #[arg(long, env = names::MAX_CONCURRENCY, value_parser = parse_positive)]
     max_concurrency: Option<u64>,
@@ -330,6 +333,9 @@ pub struct ProcessConfig {
     /// Program and arguments, already split.
     pub argv: Vec<String>,
     pub kill_grace: Duration,
+    /// `MAX_OUTPUT_BYTES`: stdout, the output file or a `LOOP` line past
+    /// this fails with `OUTPUT_TOO_LARGE`.
+    pub max_output: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +345,8 @@ pub struct HttpConfig {
     pub runtime_url: url::Url,
     pub health_url: url::Url,
     pub ready_timeout: Duration,
+    /// `MAX_OUTPUT_BYTES` for the runtime's answer.
+    pub max_output: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -346,8 +354,8 @@ pub struct FileConfig {
     pub process: ProcessConfig,
     pub input_file: PathBuf,
     pub output_file: PathBuf,
-    /// Unique file names per invocation (several may run at once).
-    pub unique_names: bool,
+    /// A private directory per invocation (several may run at once).
+    pub private_dirs: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +364,7 @@ pub struct PythonConfig {
     pub function: String,
     pub path: PathBuf,
     pub kill_grace: Duration,
+    pub max_output: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -513,9 +522,14 @@ fn build(a: Args, stdin_has_data: impl Fn() -> bool) -> Result<Config, ConfigErr
         None => None,
     };
     let kill_grace = ms(a.kill_grace_ms);
+    let max_output = a.max_output_bytes as usize;
     let process = |argv: Option<Vec<String>>| -> Result<ProcessConfig, ConfigError> {
         match argv {
-            Some(argv) => Ok(ProcessConfig { argv, kill_grace }),
+            Some(argv) => Ok(ProcessConfig {
+                argv,
+                kill_grace,
+                max_output,
+            }),
             None => Err(ConfigError::invalid(
                 names::WATCHDOG_CMD,
                 "",
@@ -549,6 +563,7 @@ fn build(a: Args, stdin_has_data: impl Fn() -> bool) -> Result<Config, ConfigErr
                     None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
                 },
                 kill_grace,
+                max_output,
             })
         }
         RunnerKind::Http => {
@@ -573,10 +588,15 @@ fn build(a: Args, stdin_has_data: impl Fn() -> bool) -> Result<Config, ConfigErr
                 }
             };
             RunnerConfig::Http(HttpConfig {
-                process: argv.map(|argv| ProcessConfig { argv, kill_grace }),
+                process: argv.map(|argv| ProcessConfig {
+                    argv,
+                    kill_grace,
+                    max_output,
+                }),
                 runtime_url,
                 health_url,
                 ready_timeout: ms(a.ready_timeout_ms),
+                max_output,
             })
         }
         RunnerKind::Stdio => RunnerConfig::Stdio(process(argv)?),
@@ -585,7 +605,7 @@ fn build(a: Args, stdin_has_data: impl Fn() -> bool) -> Result<Config, ConfigErr
             process: process(argv)?,
             input_file: a.input_file.clone(),
             output_file: a.output_file.clone(),
-            unique_names: warm && max_concurrency > 1,
+            private_dirs: warm && max_concurrency > 1,
         }),
     };
 

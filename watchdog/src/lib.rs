@@ -6,6 +6,7 @@ pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod oneshot;
+pub mod pipeline;
 pub mod reaper;
 pub mod runner;
 pub mod shutdown;

@@ -26,6 +26,9 @@ struct Inner {
     rejected: IntCounterVec,
     callbacks: IntCounterVec,
     init_duration: Gauge,
+    client_disconnects: IntCounter,
+    /// Only for the PYTHON runner.
+    stuck_threads: Option<IntGauge>,
 }
 
 impl Metrics {
@@ -79,6 +82,14 @@ impl Metrics {
             &["function", "result"],
         )
         .unwrap();
+        let disconnects = IntCounterVec::new(
+            Opts::new(
+                "watchdog_client_disconnects_total",
+                "Clients that disconnected before their invocation's result",
+            ),
+            &["function"],
+        )
+        .unwrap();
         let init = GaugeVec::new(
             Opts::new(
                 "watchdog_init_duration_seconds",
@@ -96,9 +107,22 @@ impl Metrics {
             Box::new(rejected.clone()),
             Box::new(callbacks.clone()),
             Box::new(init.clone()),
+            Box::new(disconnects.clone()),
         ] {
             registry.register(c).unwrap();
         }
+        let stuck_threads = (mode == "PYTHON").then(|| {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "watchdog_python_stuck_threads",
+                    "Python threads given up on past their deadline and still busy",
+                ),
+                &["function"],
+            )
+            .unwrap();
+            registry.register(Box::new(g.clone())).unwrap();
+            g.with_label_values(&[function])
+        });
         #[cfg(target_os = "linux")]
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -112,6 +136,8 @@ impl Metrics {
                 timeouts: timeouts.with_label_values(&[function, mode]),
                 queue_depth: queue_depth.with_label_values(&[function]),
                 init_duration: init.with_label_values(&[function]),
+                client_disconnects: disconnects.with_label_values(&[function]),
+                stuck_threads,
                 rejected,
                 callbacks,
                 function: function.to_owned(),
@@ -150,6 +176,16 @@ impl Metrics {
             .callbacks
             .with_label_values(&[&self.inner.function, result])
             .inc();
+    }
+
+    pub fn stuck_threads(&self, n: usize) {
+        if let Some(g) = &self.inner.stuck_threads {
+            g.set(n as i64);
+        }
+    }
+
+    pub fn client_disconnect(&self) {
+        self.inner.client_disconnects.inc();
     }
 
     pub fn init_duration(&self, d: Duration) {

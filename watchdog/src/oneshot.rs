@@ -4,13 +4,14 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use runtime_sdk::{names, ErrorCode, Handler, Invocation, InvokeError, InvokeResult};
-use serde_json::Value;
+use runtime_sdk::{names, ErrorCode, Handler, Invocation, InvokeError, InvokeResult, Json};
+use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::callback::{self, CallbackClient, Delivery};
 use crate::config::{Config, OneshotConfig, OneshotOutput, PayloadSource};
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::validate::Validator;
 
@@ -29,27 +30,23 @@ pub async fn run(
     let span = crate::logging::invocation_span(&oneshot.execution_id, oneshot.trace_id.as_deref());
     async {
         let payload = read_payload(&oneshot.payload);
-        let request_id = payload
-            .as_ref()
-            .ok()
-            .and_then(|p| p.get("request_id"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let request_id = payload.as_ref().ok().and_then(request_id);
 
-        let mut inv = Invocation::new(oneshot.execution_id.clone(), Value::Null, config.timeout);
+        let mut inv = Invocation::new(oneshot.execution_id.clone(), Json::null(), config.timeout);
         inv.trace_id = oneshot.trace_id.clone();
         inv.function_name = config.function_name.clone();
         inv.cold_start = true;
+        let ids = callback::Ids::of(&inv);
+        let pipeline = crate::pipeline::build(handler.clone(), validator.clone(), metrics.clone());
 
         // A SIGTERM (the Job deleted, its deadline passed) cancels the run;
         // the result is still reported, so nothing ends silently.
         let result = tokio::select! {
-            r = execute(config, &handler, &validator, &metrics, payload, inv.clone()) => r,
+            r = execute(config, &handler, &validator, &metrics, pipeline, payload, inv) => r,
             _ = shutdown.requested() => Err(match shutdown.fatal_reason() {
                 // The runtime itself failed (the HTTP runtime exited): say so.
                 Some(reason) => InvokeError::new(ErrorCode::FunctionError, reason),
-                None => InvokeError::new(
-                    ErrorCode::Cancelled,
+                None => InvokeError::cancelled(
                     "the watchdog was told to stop (SIGTERM or SIGINT) before the function finished",
                 ),
             }),
@@ -63,14 +60,14 @@ pub async fn run(
         match &config.callback.url {
             Some(base) => {
                 let client = CallbackClient::new(config.callback.clone(), metrics);
-                let url = match callback::complete_url(base, &inv.execution_id) {
+                let url = match callback::complete_url(base, &ids.execution_id) {
                     Ok(u) => u,
                     Err(e) => {
                         tracing::error!("CALLBACK_URL cannot take the execution id: {e}");
                         return EXIT_FAILED;
                     }
                 };
-                match client.deliver(&Delivery::new(url, &inv, &result)).await {
+                match client.deliver(&Delivery::new(url, &ids, &result)).await {
                     Ok(()) => EXIT_OK,
                     Err(_) => EXIT_FAILED,
                 }
@@ -89,48 +86,52 @@ pub async fn run(
     .await
 }
 
+/// The input check, start-up, then the pipeline called once.
 async fn execute(
     config: &Config,
     handler: &Arc<dyn Handler>,
     validator: &Validator,
     metrics: &Metrics,
-    payload: Result<Value, InvokeError>,
+    pipeline: Pipeline,
+    payload: Result<Json, InvokeError>,
     mut inv: Invocation,
 ) -> InvokeResult {
-    let payload = payload?;
-    validator.check_input(&payload)?;
+    inv.payload = payload?;
+    validator.check_input(&inv.payload)?;
     let started = std::time::Instant::now();
     handler.start().await?;
     metrics.init_duration(started.elapsed());
     // The deadline counts from when the function is ready (section 5).
-    let fresh = Invocation::new(inv.execution_id.clone(), payload, config.timeout);
-    inv.deadline = fresh.deadline;
-    inv.deadline_unix_ms = fresh.deadline_unix_ms;
-    inv.payload = fresh.payload;
-    let budget = config.timeout;
-    let deadline = inv.deadline;
-    let run_started = std::time::Instant::now();
-    let result = match tokio::time::timeout_at(deadline.into(), handler.invoke(inv.clone())).await {
-        Ok(r) => r,
-        Err(_) => Err(crate::runner::process::timeout_error(
-            &inv.execution_id,
-            budget,
-        )),
-    };
-    metrics.finished(result.is_ok(), run_started.elapsed());
-    let output = result?;
-    validator.check_output(&output)?;
-    Ok(output)
+    inv.restart_deadline(config.timeout);
+    match pipeline.oneshot(inv).await {
+        Ok(result) => result,
+        Err(never) => match never {},
+    }
+}
+
+/// Alyx's `request_id`, when the payload is an object that has a string one
+/// (read without building the payload's tree).
+fn request_id(payload: &Json) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        request_id: Option<String>,
+    }
+    if !payload.is_object() {
+        return None;
+    }
+    serde_json::from_slice::<Probe>(payload.as_bytes())
+        .ok()
+        .and_then(|p| p.request_id)
 }
 
 /// The first payload source that is set (section 5); invalid JSON fails
 /// the invocation with `INVALID_REQUEST`.
-fn read_payload(source: &PayloadSource) -> Result<Value, InvokeError> {
-    let (name, text) = match source {
-        PayloadSource::Variable { name, text } => (*name, text.clone()),
+fn read_payload(source: &PayloadSource) -> Result<Json, InvokeError> {
+    let (name, bytes) = match source {
+        PayloadSource::Variable { name, text } => (*name, text.clone().into_bytes()),
         PayloadSource::Stdin => {
-            let mut buf = String::new();
-            if let Err(e) = std::io::stdin().read_to_string(&mut buf) {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
                 return Err(InvokeError::new(
                     ErrorCode::InvalidRequest,
                     format!("could not read the payload from standard input: {e}"),
@@ -139,10 +140,7 @@ fn read_payload(source: &PayloadSource) -> Result<Value, InvokeError> {
             ("standard input", buf)
         }
     };
-    if text.trim().is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_str(&text).map_err(|e| {
+    Json::parse_or_null(bytes).map_err(|e| {
         let what = if name == "standard input" {
             name.to_owned()
         } else {
@@ -166,20 +164,28 @@ fn names_hint(name: &str) -> &'static str {
 
 /// Without a callback URL the result goes to stdout as its last line.
 fn print_result(form: OneshotOutput, result: &InvokeResult, request_id: Option<String>) {
-    let value = match form {
+    let line = match form {
         OneshotOutput::Result => {
-            let mut body = callback::result_body(result);
-            if let (Some(id), Some(map)) = (request_id, body.as_object_mut()) {
-                map.insert("request_id".into(), Value::String(id));
+            let body = callback::result_body(result);
+            match request_id {
+                // `{"request_id":"...",` + the rest of the result object.
+                Some(id) => {
+                    let mut line = b"{\"request_id\":".to_vec();
+                    serde_json::to_writer(&mut line, &id).expect("a str serialises");
+                    line.push(b',');
+                    line.extend_from_slice(&body[1..]);
+                    line
+                }
+                None => body,
             }
-            body
         }
         OneshotOutput::Output => match result {
-            Ok(output) => output.clone(),
-            Err(e) => e.to_body(),
+            Ok(output) => output.as_bytes().to_vec(),
+            Err(e) => serde_json::to_vec(&e.to_body()).expect("an error body serialises"),
         },
     };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
+    let _ = out.write_all(&line);
+    let _ = out.write_all(b"\n");
     let _ = out.flush();
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use runtime_sdk::{names, ErrorCode, InvokeError};
+use runtime_sdk::{names, ErrorCode, InvokeError, Json};
 use serde_json::Value;
 
 use crate::config::{ConfigError, SchemaConfig};
@@ -30,11 +30,12 @@ impl Validator {
         self.output.is_some()
     }
 
-    /// `INVALID_REQUEST` when the payload breaks `INPUT_SCHEMA`.
-    pub fn check_input(&self, payload: &Value) -> Result<(), InvokeError> {
+    /// `INVALID_REQUEST` when the payload breaks `INPUT_SCHEMA`. The tree
+    /// the schema needs is built only when a schema is set.
+    pub fn check_input(&self, payload: &Json) -> Result<(), InvokeError> {
         match &self.input {
             None => Ok(()),
-            Some(v) => check(v, payload).map_err(|places| {
+            Some(v) => check(v, &payload.to_value()).map_err(|places| {
                 InvokeError::new(
                     ErrorCode::InvalidRequest,
                     format!("the payload does not match INPUT_SCHEMA: {places}"),
@@ -44,10 +45,10 @@ impl Validator {
     }
 
     /// `OUTPUT_VALIDATION_ERROR` when the output breaks `OUTPUT_SCHEMA`.
-    pub fn check_output(&self, output: &Value) -> Result<(), InvokeError> {
+    pub fn check_output(&self, output: &Json) -> Result<(), InvokeError> {
         match &self.output {
             None => Ok(()),
-            Some(v) => check(v, output).map_err(|places| {
+            Some(v) => check(v, &output.to_value()).map_err(|places| {
                 InvokeError::new(
                     ErrorCode::OutputValidationError,
                     format!("the output does not match OUTPUT_SCHEMA: {places}"),
@@ -143,8 +144,12 @@ mod tests {
         let v = validator(
             r#"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"string"}},"required":["a"]}"#,
         );
-        assert!(v.check_input(&json!({"a": 1, "b": "x"})).is_ok());
-        let e = v.check_input(&json!({"a": "one", "b": 2})).unwrap_err();
+        assert!(v
+            .check_input(&Json::from(json!({"a": 1, "b": "x"})))
+            .is_ok());
+        let e = v
+            .check_input(&Json::from(json!({"a": "one", "b": 2})))
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(e.message.contains("/a"), "{}", e.message);
         assert!(e.message.contains("/b"), "{}", e.message);
@@ -158,8 +163,8 @@ mod tests {
         let main = dir.join("main.json");
         std::fs::write(&main, r#"{"properties": {"a": {"$ref": "int.json"}}}"#).unwrap();
         let v = validator(main.to_str().unwrap());
-        assert!(v.check_input(&json!({"a": 1})).is_ok());
-        let e = v.check_input(&json!({"a": "x"})).unwrap_err();
+        assert!(v.check_input(&Json::from(json!({"a": 1}))).is_ok());
+        let e = v.check_input(&Json::from(json!({"a": "x"}))).unwrap_err();
         assert!(e.message.contains("/a"), "{}", e.message);
         std::fs::remove_dir_all(&dir).unwrap();
     }

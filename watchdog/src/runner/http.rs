@@ -7,16 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use runtime_sdk::names::header;
 use runtime_sdk::{
-    names, BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult,
+    names, BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult, Json,
 };
-use serde_json::Value;
 use tokio::sync::watch;
 
 use super::process::{self, ProcessGroup, Tail};
@@ -67,7 +66,7 @@ impl HttpRunner {
         }
     }
 
-    async fn start_runtime(&self) -> InvokeResult {
+    async fn start_runtime(&self) -> Result<(), InvokeError> {
         let started = Instant::now();
         let mut exited: Option<watch::Receiver<Option<std::process::ExitStatus>>> = None;
         let tail = Arc::new(Mutex::new(Tail::default()));
@@ -148,7 +147,7 @@ impl HttpRunner {
                 });
             }
         }
-        Ok(Value::Null)
+        Ok(())
     }
 
     fn startup_failed(&self, message: String) -> InvokeError {
@@ -156,9 +155,10 @@ impl HttpRunner {
         InvokeError::new(ErrorCode::StartupError, message)
     }
 
+    /// One POST to the runtime; the pipeline's deadline drops this future,
+    /// which drops the request.
     async fn call(&self, inv: Invocation) -> InvokeResult {
-        let budget = inv.remaining();
-        let body = serde_json::to_vec(&inv.payload).unwrap_or_default();
+        let body = inv.payload.bytes();
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.runtime_uri.clone())
@@ -180,55 +180,52 @@ impl HttpRunner {
         for (name, value) in &inv.headers {
             req = req.header(name.as_str(), value.as_str());
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| {
+        let req = req.body(Full::new(body)).map_err(|e| {
             InvokeError::new(
                 ErrorCode::FunctionError,
                 format!("bad request to runtime: {e}"),
             )
         })?;
 
-        let work = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                InvokeError::new(
-                    ErrorCode::FunctionError,
-                    format!(
-                        "the runtime at {} could not be reached: {e}",
-                        self.cfg.runtime_url
-                    ),
-                )
-            })?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| {
-                    InvokeError::new(
-                        ErrorCode::FunctionError,
-                        format!("the runtime's answer was cut off: {e}"),
-                    )
-                })?
-                .to_bytes();
-            if !status.is_success() {
-                let text = String::from_utf8_lossy(&bytes);
+        let resp = self.client.request(req).await.map_err(|e| {
+            InvokeError::new(
+                ErrorCode::FunctionError,
+                format!(
+                    "the runtime at {} could not be reached: {e}",
+                    self.cfg.runtime_url
+                ),
+            )
+        })?;
+        let status = resp.status();
+        let limit = self.cfg.max_output;
+        // Read as it comes, stopped at MAX_OUTPUT_BYTES (section 10).
+        let bytes = match Limited::new(resp.into_body(), limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(InvokeError::output_too_large("the runtime's answer", limit))
+            }
+            Err(e) => {
                 return Err(InvokeError::new(
                     ErrorCode::FunctionError,
-                    format!(
-                        "the runtime answered HTTP {}: {}",
-                        status.as_u16(),
-                        process::preview(text.trim(), 500)
-                    ),
-                ));
+                    format!("the runtime's answer was cut off: {e}"),
+                ))
             }
-            Ok(match serde_json::from_slice::<Value>(&bytes) {
-                Ok(v) => v,
-                Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
-            })
         };
-        match tokio::time::timeout_at(inv.deadline.into(), work).await {
-            Ok(result) => result,
-            Err(_) => Err(process::timeout_error(&inv.execution_id, budget)),
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(InvokeError::new(
+                ErrorCode::FunctionError,
+                format!(
+                    "the runtime answered HTTP {}: {}",
+                    status.as_u16(),
+                    process::preview(text.trim(), 500)
+                ),
+            ));
         }
+        Ok(match Json::parse(bytes.clone()) {
+            Ok(json) => json,
+            Err(_) => Json::string(&String::from_utf8_lossy(&bytes)),
+        })
     }
 }
 
@@ -237,7 +234,7 @@ impl Handler for HttpRunner {
         "HTTP"
     }
 
-    fn start(&self) -> BoxFuture<'_, InvokeResult> {
+    fn start(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
         Box::pin(self.start_runtime())
     }
 

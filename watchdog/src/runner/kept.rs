@@ -21,8 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use runtime_sdk::{BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult};
-use serde::Serialize;
+use runtime_sdk::{
+    BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult, Json,
+};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
@@ -51,9 +55,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// A result line longer than this is a protocol error (the child is killed)
-/// rather than a reason to buffer without bound.
-const MAX_RESULT_LINE: usize = 64 * 1024 * 1024;
+/// Room for a result line's envelope (`{"id": ..., "output": ...}`) on top
+/// of `MAX_OUTPUT_BYTES`: a longer line fails with `OUTPUT_TOO_LARGE` and the
+/// child is replaced, rather than buffered without bound.
+const ENVELOPE: usize = 64 * 1024;
 
 const CHUNK: usize = 16 * 1024;
 
@@ -128,25 +133,25 @@ impl Job {
     }
 }
 
-/// The request line of section 8.
-#[derive(Serialize)]
-struct RequestLine<'a> {
-    id: &'a str,
-    payload: &'a Value,
-    deadline_ms: u64,
-    trace_id: Option<&'a str>,
-}
-
+/// The request line of section 8, written around the payload's own bytes.
 fn request_line(inv: &Invocation) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&RequestLine {
-        id: &inv.execution_id,
-        payload: &inv.payload,
-        deadline_ms: inv.deadline_unix_ms,
-        trace_id: inv.trace_id.as_deref(),
-    })
-    .expect("JSON values serialise");
-    // serde_json escapes newlines inside strings, so this is the only one.
-    line.push(b'\n');
+    let payload = inv.payload.as_bytes();
+    let mut line = Vec::with_capacity(payload.len() + inv.execution_id.len() + 96);
+    line.extend_from_slice(b"{\"id\":");
+    serde_json::to_writer(&mut line, &inv.execution_id).expect("a str serialises");
+    line.extend_from_slice(b",\"payload\":");
+    // A raw newline in valid JSON can only be white space between tokens
+    // (inside strings it must be escaped), so it becomes a space: the
+    // request stays one line.
+    line.extend(payload.iter().map(|&b| match b {
+        b'\n' | b'\r' => b' ',
+        b => b,
+    }));
+    line.extend_from_slice(b",\"deadline_ms\":");
+    line.extend_from_slice(inv.deadline_unix_ms.to_string().as_bytes());
+    line.extend_from_slice(b",\"trace_id\":");
+    serde_json::to_writer(&mut line, &inv.trace_id).expect("an Option<String> serialises");
+    line.extend_from_slice(b"}\n");
     line
 }
 
@@ -181,12 +186,12 @@ impl LoopRunner {
     /// Ready once every child is spawned and `settle` has passed. A command
     /// that cannot be spawned at all is a start-up error; a child that dies
     /// is the supervisors' business (restart, backoff, `health`).
-    async fn start_children(&self) -> InvokeResult {
+    async fn start_children(&self) -> Result<(), InvokeError> {
         let mut firsts = Vec::with_capacity(self.slots);
         {
             let mut supervisors = self.supervisors.lock().unwrap();
             if !supervisors.is_empty() {
-                return Ok(Value::Null);
+                return Ok(());
             }
             for slot in 0..self.slots {
                 let (tx, rx) = oneshot::channel();
@@ -207,7 +212,7 @@ impl LoopRunner {
         self.shared.started.store(true, Ordering::Release);
         tokio::time::sleep(self.settle).await;
         tracing::info!(children = self.slots, "LOOP children started");
-        Ok(Value::Null)
+        Ok(())
     }
 
     async fn call(&self, inv: Invocation) -> InvokeResult {
@@ -224,14 +229,10 @@ impl LoopRunner {
         if self.shared.stop.is_cancelled() || self.jobs.send(job).is_err() {
             return Err(cancelled());
         }
-        // The supervisor enforces the deadline on the child; this makes sure
-        // the caller gets its answer by then even while every child is busy
-        // or restarting.
-        match tokio::time::timeout_at(inv.deadline.into(), answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(cancelled()),
-            Err(_) => Err(process::timeout_error(&inv.execution_id, budget)),
-        }
+        // The supervisor enforces the deadline on the child; the pipeline's
+        // deadline drops this future, which closes `answer`, and a supervisor
+        // holding the job then stops the child (`Busy::Abandoned`).
+        answer.await.unwrap_or_else(|_| Err(cancelled()))
     }
 
     async fn stop_children(&self) {
@@ -261,7 +262,7 @@ impl Handler for LoopRunner {
         "LOOP"
     }
 
-    fn start(&self) -> BoxFuture<'_, InvokeResult> {
+    fn start(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
         Box::pin(self.start_children())
     }
 
@@ -462,8 +463,8 @@ impl ResultBuf {
         self.buf.trim_ascii().is_empty()
     }
 
-    fn too_long(&self) -> bool {
-        self.buf.len() > MAX_RESULT_LINE
+    fn too_long(&self, limit: usize) -> bool {
+        self.buf.len() > limit
     }
 }
 
@@ -473,19 +474,32 @@ impl ResultBuf {
 fn parse_result(line: &[u8], expected_id: &str) -> Result<InvokeResult, String> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim();
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    let shown = || process::preview(text, 200);
+    // Only the envelope is parsed: the output stays the bytes the child wrote.
+    let not_json = |e: serde_json::Error| {
         format!(
             "the LOOP child wrote a result line on fd 3 that is not JSON ({e}): {:?}",
-            process::preview(text, 200)
+            shown()
         )
-    })?;
-    let Value::Object(mut obj) = value else {
+    };
+    if !text.starts_with('{') {
+        serde_json::from_str::<IgnoredAny>(text).map_err(not_json)?;
         return Err(format!(
             "the LOOP child wrote a result line on fd 3 that is not a JSON object: {:?}",
-            process::preview(text, 200)
+            shown()
         ));
+    }
+    let result: ResultLine = match serde_json::from_str(text) {
+        Ok(r) => r,
+        Err(e) if e.is_data() => {
+            return Err(format!(
+                "the LOOP child's result line does not fit the protocol ({e}): {:?}",
+                shown()
+            ))
+        }
+        Err(e) => return Err(not_json(e)),
     };
-    match obj.get("id") {
+    match result.id {
         Some(Value::String(id)) if id == expected_id => {}
         Some(Value::String(id)) => {
             return Err(format!(
@@ -495,11 +509,11 @@ fn parse_result(line: &[u8], expected_id: &str) -> Result<InvokeResult, String> 
         _ => {
             return Err(format!(
                 "the LOOP child wrote a result line with no string \"id\": {:?}",
-                process::preview(text, 200)
+                shown()
             ))
         }
     }
-    match obj.remove("error") {
+    match result.error {
         None | Some(Value::Null) => {}
         Some(Value::Object(e)) => {
             let code = match e.get("code") {
@@ -520,13 +534,28 @@ fn parse_result(line: &[u8], expected_id: &str) -> Result<InvokeResult, String> 
             )
         }
     }
-    match obj.remove("output") {
-        Some(output) => Ok(Ok(output)),
+    match result.output {
+        Some(raw) => Ok(Ok(Json::from_trusted(raw.get().to_owned()))),
         None => Err(format!(
             "the LOOP child's result line has neither \"output\" nor \"error\": {:?}",
-            process::preview(text, 200)
+            shown()
         )),
     }
+}
+
+/// A result line of section 8; `output` kept as raw JSON text.
+#[derive(Deserialize)]
+struct ResultLine {
+    id: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    output: Option<Box<RawValue>>,
+    error: Option<Value>,
+}
+
+/// `Some` whenever the field is there, `null` included (`Option` alone
+/// would read `"output": null` as absent).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// How a job in flight ended, seen from the child's side.
@@ -538,6 +567,8 @@ enum Busy {
     Abandoned,
     Stopped,
     Broken(String),
+    /// The result line went past `MAX_OUTPUT_BYTES`.
+    TooLarge,
 }
 
 /// One running child and everything it is read and written through.
@@ -680,7 +711,7 @@ impl Kept {
                 continue;
             }
             if Instant::now() >= job.deadline {
-                let e = process::timeout_error(&job.id, job.budget);
+                let e = InvokeError::timeout(&job.id, job.budget);
                 job.answer(Err(e));
                 continue;
             }
@@ -751,6 +782,7 @@ impl Kept {
                 ..
             } = self;
             let line = std::mem::take(&mut job.line);
+            let max_line = shared.cfg.max_output + ENVELOPE;
             let write = async move {
                 match stdin.as_mut() {
                     Some(stdin) => {
@@ -774,10 +806,8 @@ impl Kept {
                             if let Some(line) = pending.next_line() {
                                 break Busy::Line(line);
                             }
-                            if pending.too_long() {
-                                break Busy::Broken(format!(
-                                    "the LOOP child's result line is longer than {MAX_RESULT_LINE} bytes"
-                                ));
+                            if pending.too_long(max_line) {
+                                break Busy::TooLarge;
                             }
                             pending.mark_scanned();
                         }
@@ -815,7 +845,14 @@ impl Kept {
                 self.drain_outputs(Some(&span));
                 match parse_result(&line, &job.id) {
                     Ok(result) => {
-                        job.answer(result);
+                        let limit = shared.cfg.max_output;
+                        job.answer(result.and_then(|output| {
+                            if output.len() > limit {
+                                Err(InvokeError::output_too_large("the LOOP output", limit))
+                            } else {
+                                Ok(output)
+                            }
+                        }));
                         if self.pending.is_blank() {
                             self.pending = ResultBuf::default();
                             return None;
@@ -853,7 +890,7 @@ impl Kept {
                 Some(self.ended(reason))
             }
             Busy::Deadline => {
-                let e = process::timeout_error(&job.id, job.budget);
+                let e = InvokeError::timeout(&job.id, job.budget);
                 job.answer(Err(e));
                 self.stop(Some(&span)).await;
                 Some(self.ended("it was stopped at its invocation's deadline".to_owned()))
@@ -863,6 +900,18 @@ impl Kept {
                 Some(self.ended(
                     "its invocation was abandoned (deadline passed or caller gone)".to_owned(),
                 ))
+            }
+            Busy::TooLarge => {
+                let limit = shared.cfg.max_output;
+                job.answer(Err(InvokeError::output_too_large(
+                    "the LOOP result line",
+                    limit,
+                )));
+                self.pending = ResultBuf::default();
+                self.stop(Some(&span)).await;
+                Some(self.ended(format!(
+                    "its result line went past MAX_OUTPUT_BYTES={limit}"
+                )))
             }
             Busy::Broken(reason) => {
                 job.answer(Err(InvokeError::new(ErrorCode::FunctionError, &reason)));
@@ -952,9 +1001,9 @@ mod tests {
     #[test]
     fn result_line_with_output_or_error() {
         let ok = parse_result(br#"{"id": "e1", "output": {"a": 1}}"#, "e1").unwrap();
-        assert_eq!(ok.unwrap(), json!({"a": 1}));
+        assert_eq!(ok.unwrap().to_value(), json!({"a": 1}));
         let null = parse_result(br#"{"id": "e1", "output": null, "error": null}"#, "e1").unwrap();
-        assert_eq!(null.unwrap(), Value::Null);
+        assert_eq!(null.unwrap(), Json::null());
         let e = parse_result(
             br#"{"id": "e1", "error": {"code": "RATE_LIMITED", "message": "slow down"}}"#,
             "e1",
@@ -997,8 +1046,25 @@ mod tests {
     }
 
     #[test]
+    fn request_line_keeps_the_payload_bytes_on_one_line() {
+        let payload =
+            Json::parse("{\n  \"n\": 12345678901234567890.12345678901234567890\n}").unwrap();
+        let line = request_line(&Invocation::new("e1", payload, Duration::from_secs(1)));
+        let text = std::str::from_utf8(&line).unwrap();
+        assert_eq!(text.matches('\n').count(), 1);
+        assert!(
+            text.contains("12345678901234567890.12345678901234567890"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn request_line_is_one_line() {
-        let mut inv = Invocation::new("e1", json!({"text": "a\nb"}), Duration::from_secs(1));
+        let mut inv = Invocation::new(
+            "e1",
+            Json::from(json!({"text": "a\nb"})),
+            Duration::from_secs(1),
+        );
         inv.trace_id = Some("t1".into());
         let line = request_line(&inv);
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
@@ -1013,6 +1079,7 @@ mod tests {
         ProcessConfig {
             argv: vec!["bash".into(), "-c".into(), script.into()],
             kill_grace: Duration::from_millis(100),
+            max_output: 1 << 20,
         }
     }
 
@@ -1030,8 +1097,15 @@ mod tests {
         runner.start().await.unwrap();
         assert_eq!(runner.health(), Health::Ready);
         for i in 0..3 {
-            let inv = Invocation::new(format!("e{i}"), json!({"n": i}), Duration::from_secs(5));
-            assert_eq!(runner.invoke(inv).await.unwrap(), json!({"n": i}));
+            let inv = Invocation::new(
+                format!("e{i}"),
+                Json::from(json!({"n": i})),
+                Duration::from_secs(5),
+            );
+            assert_eq!(
+                runner.invoke(inv).await.unwrap().to_value(),
+                json!({"n": i})
+            );
         }
         runner.shutdown().await;
 
@@ -1039,7 +1113,7 @@ mod tests {
         let runner = LoopRunner::new(crash, 1, Duration::ZERO);
         runner.start().await.unwrap();
         for _ in 0..2 {
-            let inv = Invocation::new("e", json!(null), Duration::from_secs(5));
+            let inv = Invocation::new("e", Json::from(json!(null)), Duration::from_secs(5));
             let e = runner.invoke(inv).await.unwrap_err();
             assert_eq!(e.code, ErrorCode::FunctionError);
             assert!(e.message.contains("code 7"), "{}", e.message);
@@ -1057,11 +1131,15 @@ mod tests {
         done"#;
         let runner = LoopRunner::new(bash(script), 1, Duration::ZERO);
         runner.start().await.unwrap();
-        let inv = Invocation::new("slow", json!("hang"), Duration::from_millis(300));
+        let inv = Invocation::new(
+            "slow",
+            Json::from(json!("hang")),
+            Duration::from_millis(300),
+        );
         let e = runner.invoke(inv).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::Timeout);
-        let inv = Invocation::new("fast", json!(1), Duration::from_secs(5));
-        assert_eq!(runner.invoke(inv).await.unwrap(), json!("ok"));
+        let inv = Invocation::new("fast", Json::from(json!(1)), Duration::from_secs(5));
+        assert_eq!(runner.invoke(inv).await.unwrap().to_value(), json!("ok"));
         runner.shutdown().await;
     }
 
@@ -1089,7 +1167,7 @@ mod tests {
             Duration::ZERO,
         );
         runner.start().await.unwrap();
-        let inv = Invocation::new("e", json!(1), Duration::from_secs(20));
+        let inv = Invocation::new("e", Json::from(json!(1)), Duration::from_secs(20));
         let e = runner.invoke(inv).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::FunctionError);
         assert!(e.message.contains("closed fd 3"), "{}", e.message);
@@ -1101,6 +1179,7 @@ mod tests {
         let cfg = ProcessConfig {
             argv: vec!["/nonexistent/ember-loop-child".into()],
             kill_grace: Duration::from_millis(100),
+            max_output: 1 << 20,
         };
         let runner = LoopRunner::new(cfg, 1, Duration::ZERO);
         let e = runner.start().await.unwrap_err();

@@ -30,6 +30,7 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> Arc<dyn Handler> {
                 slots: config.max_concurrency,
                 kill_grace: p.kill_grace,
                 function_name: config.function_name.clone(),
+                max_output: p.max_output,
             },
         )),
         #[cfg(not(feature = "python"))]

@@ -7,10 +7,10 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use runtime_sdk::{names, ErrorCode, Invocation, InvokeError};
-use serde_json::Value;
+use runtime_sdk::{names, ErrorCode, Invocation, InvokeError, Json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tracing::{Instrument, Span};
@@ -241,16 +241,23 @@ where
     )
 }
 
-/// Reads all of `reader` (a child's stdout) into memory.
-pub fn collect<R>(reader: R) -> tokio::task::JoinHandle<Vec<u8>>
+/// Reads `reader` (a child's stdout) into memory, at most `limit` bytes:
+/// `Err` as soon as there is more, so a runaway child costs no more than
+/// the limit (section 10).
+pub fn collect_limited<R>(reader: R, limit: usize) -> tokio::task::JoinHandle<Result<Vec<u8>, ()>>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut reader = reader;
         let mut out = Vec::new();
+        // One byte over the limit is enough to know.
+        let mut reader = reader.take(limit as u64 + 1);
         let _ = reader.read_to_end(&mut out).await;
-        out
+        if out.len() > limit {
+            Err(())
+        } else {
+            Ok(out)
+        }
     })
 }
 
@@ -259,29 +266,36 @@ where
 pub const PIPE_GRACE: Duration = Duration::from_millis(200);
 
 /// Parses a process runner's output (contract section 2): the whole text as
-/// JSON, else its last non-empty line, else `FUNCTION_ERROR`.
-pub fn parse_output(bytes: &[u8]) -> Result<Value, InvokeError> {
-    let text = String::from_utf8_lossy(bytes);
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
+/// JSON, else its last non-empty line, else `FUNCTION_ERROR`. The bytes are
+/// kept as they are (no tree), so numbers keep every digit.
+pub fn parse_output(bytes: Vec<u8>) -> Result<Json, InvokeError> {
+    let bytes = Bytes::from(bytes);
+    if bytes.trim_ascii().is_empty() {
         return Err(InvokeError::new(
             ErrorCode::FunctionError,
             "Invalid JSON output: the function printed nothing",
         ));
     }
-    if let Ok(v) = serde_json::from_str(trimmed) {
-        return Ok(v);
+    if let Ok(json) = Json::parse(bytes.clone()) {
+        return Ok(json);
     }
-    if let Some(last) = trimmed.lines().rev().find(|l| !l.trim().is_empty()) {
-        if let Ok(v) = serde_json::from_str(last.trim()) {
-            return Ok(v);
+    // The end trimmed: the last segment is the last non-empty line.
+    let body = bytes.trim_ascii_end();
+    let start = body
+        .split(|&b| b == b'\n')
+        .next_back()
+        .map_or(0, |last| body.len() - last.len());
+    if start > 0 {
+        if let Ok(json) = Json::parse(bytes.slice(start..body.len())) {
+            return Ok(json);
         }
     }
+    let text = String::from_utf8_lossy(&bytes);
     Err(InvokeError::new(
         ErrorCode::FunctionError,
         format!(
             "Invalid JSON output: the function printed {:?}",
-            preview(trimmed, 200)
+            preview(text.trim(), 200)
         ),
     ))
 }
@@ -319,20 +333,6 @@ pub fn exit_error(status: ExitStatus, tail: &str) -> InvokeError {
     InvokeError::new(ErrorCode::FunctionError, message)
 }
 
-/// `TIMEOUT` for an invocation cut by its deadline.
-pub fn timeout_error(execution_id: &str, budget: Duration) -> InvokeError {
-    InvokeError::new(
-        ErrorCode::Timeout,
-        format!(
-            "execution {} did not finish within its {} ms deadline (TIMEOUT_MS or X-Timeout-Ms)",
-            execution_id,
-            // Measured just after the deadline was set: round the few
-            // microseconds spent since then back up.
-            budget.as_micros().div_ceil(1000)
-        ),
-    )
-}
-
 /// Stdin that the child gets: piped when we write the payload, else null.
 pub fn stdin_for(write_payload: bool) -> Stdio {
     if write_payload {
@@ -347,32 +347,39 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn out(bytes: &[u8]) -> Json {
+        parse_output(bytes.to_vec()).unwrap()
+    }
+
     #[test]
     fn whole_output_is_json() {
-        assert_eq!(parse_output(b" {\"a\": 1}\n").unwrap(), json!({"a": 1}));
-        assert_eq!(parse_output(b"[1,\n2]").unwrap(), json!([1, 2]));
+        assert_eq!(out(b" {\"a\": 1}\n").as_str(), "{\"a\": 1}");
+        assert_eq!(out(b"[1,\n2]").to_value(), json!([1, 2]));
     }
 
     #[test]
     fn last_non_empty_line_is_tried_after_logs() {
-        let out = b"starting\nloaded 3 rows\n{\"rows\": 3}\n\n";
-        assert_eq!(parse_output(out).unwrap(), json!({"rows": 3}));
+        let printed = b"starting\nloaded 3 rows\n{\"rows\": 3}\n\n";
+        assert_eq!(out(printed).to_value(), json!({"rows": 3}));
     }
 
     #[test]
     fn empty_and_non_json_output_fail_with_a_preview() {
-        let e = parse_output(b"  \n").unwrap_err();
+        let e = parse_output(b"  \n".to_vec()).unwrap_err();
         assert_eq!(e.code, ErrorCode::FunctionError);
         assert!(e.message.contains("Invalid JSON output"));
-        let e = parse_output(b"hello world").unwrap_err();
+        let e = parse_output(b"hello world".to_vec()).unwrap_err();
         assert!(e.message.contains("Invalid JSON output"));
         assert!(e.message.contains("hello world"));
     }
 
     #[test]
     fn big_numbers_survive_parsing() {
-        let v = parse_output(b"{\"n\": 123456789012345678901234567890}").unwrap();
-        assert_eq!(v.to_string(), "{\"n\":123456789012345678901234567890}");
+        let v = out(b"{\"n\": 12345678901234567890.12345678901234567890}");
+        assert_eq!(
+            v.as_str(),
+            "{\"n\": 12345678901234567890.12345678901234567890}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use runtime_sdk::{BoxFuture, Handler, Invocation, InvokeResult};
+use runtime_sdk::{BoxFuture, ErrorCode, Handler, Invocation, InvokeError, InvokeResult};
 use tokio::io::AsyncWriteExt;
 
 use super::process::{self, GroupGuard, Tail, PIPE_GRACE};
@@ -19,8 +19,9 @@ impl StdioRunner {
         StdioRunner { cfg }
     }
 
+    /// Runs until the child is done. The pipeline's deadline drops this
+    /// future; the guard then stops the whole process group.
     async fn run(&self, inv: Invocation) -> InvokeResult {
-        let budget = inv.remaining();
         let mut cmd = process::command(&self.cfg, Some(&inv));
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -35,9 +36,11 @@ impl StdioRunner {
             "stderr",
             Some(tail.clone()),
         );
-        let stdout = process::collect(child.stdout.take().expect("piped"));
+        let mut stdout =
+            process::collect_limited(child.stdout.take().expect("piped"), self.cfg.max_output);
         let mut stdin = child.stdin.take().expect("piped");
-        let payload = serde_json::to_vec(&inv.payload).unwrap_or_default();
+        // The bytes as they arrived: no copy, every digit kept.
+        let payload = inv.payload.bytes();
         // Written in its own task: a child that never reads stdin must not
         // hold up the wait below; a closed pipe is the child's business.
         let writer = tokio::spawn(async move {
@@ -45,28 +48,46 @@ impl StdioRunner {
             let _ = stdin.shutdown().await;
         });
 
-        let work = async {
-            let status = child.wait().await;
-            writer.abort();
+        // stdout may end before the child does (it closed it) or after (a
+        // grandchild holds it): whichever comes first, neither is lost.
+        let mut out: Option<Result<Vec<u8>, ()>> = None;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                read = &mut stdout, if out.is_none() => {
+                    let read = read.unwrap_or(Ok(Vec::new()));
+                    if read.is_err() {
+                        // Past MAX_OUTPUT_BYTES: stop now, not at the deadline.
+                        writer.abort();
+                        return Err(InvokeError::output_too_large("stdout", self.cfg.max_output));
+                    }
+                    out = Some(read);
+                }
+            }
+        };
+        writer.abort();
+        let out = match out {
+            Some(read) => Some(read),
             // Pipes held open by a stray grandchild must not hold the result.
-            let out = tokio::time::timeout(PIPE_GRACE, stdout)
+            None => tokio::time::timeout(PIPE_GRACE, stdout)
                 .await
                 .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            let _ = tokio::time::timeout(PIPE_GRACE, stderr).await;
-            (status, out)
+                .and_then(Result::ok),
         };
-        match tokio::time::timeout_at(inv.deadline.into(), work).await {
-            Err(_) => Err(process::timeout_error(&inv.execution_id, budget)),
-            Ok((Err(e), _)) => Err(runtime_sdk::InvokeError::new(
-                runtime_sdk::ErrorCode::FunctionError,
+        let _ = tokio::time::timeout(PIPE_GRACE, stderr).await;
+        match status {
+            Err(e) => Err(InvokeError::new(
+                ErrorCode::FunctionError,
                 format!("could not wait for the function: {e}"),
             )),
-            Ok((Ok(status), _)) if !status.success() => {
+            Ok(status) if !status.success() => {
                 Err(process::exit_error(status, &tail.lock().unwrap().text()))
             }
-            Ok((Ok(_), out)) => process::parse_output(&out),
+            Ok(_) => match out {
+                Some(Err(())) => Err(InvokeError::output_too_large("stdout", self.cfg.max_output)),
+                Some(Ok(bytes)) => process::parse_output(bytes),
+                None => process::parse_output(Vec::new()),
+            },
         }
     }
 }

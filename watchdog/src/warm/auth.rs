@@ -7,7 +7,7 @@ use hyper::header::AUTHORIZATION;
 use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
-use super::{HttpRequest, Reply};
+use super::{HttpRequest, Outcome};
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -47,12 +47,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 impl<S> Service<HttpRequest> for Auth<S>
 where
-    S: Service<HttpRequest, Response = Reply, Error = Infallible> + Clone + Send + 'static,
+    S: Service<HttpRequest, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Reply;
+    type Response = Outcome;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Reply, Infallible>>;
+    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -70,7 +70,7 @@ where
                     ErrorCode::Unauthorized,
                     "missing or wrong bearer token: send Authorization: Bearer <INVOKE_TOKEN>",
                 );
-                return Box::pin(async move { Ok(Reply::rejected(e)) });
+                return Box::pin(async move { Ok(Outcome::Refused(e)) });
             }
         }
         Box::pin(self.inner.call(req))

@@ -1,22 +1,22 @@
-//! Reads the body once (413 over `MAX_BODY_BYTES`), parses it (400 if it is
-//! not JSON), checks `INPUT_SCHEMA`, and builds the `Invocation` the layers
-//! below work with.
+//! Reads the body of an admitted request (413 over `MAX_BODY_BYTES`),
+//! checks it is JSON without building a tree (400 otherwise) and against
+//! `INPUT_SCHEMA`, and builds the [`Invocation`]. Past this step the
+//! invocation is accepted: it will get exactly one result (section 10).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use hyper::header::CONTENT_LENGTH;
-use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeError, InvokeResult};
-use serde_json::Value;
+use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeError, Json};
 use tower::{Layer, Service};
 
+use super::admission::{Admitted, Ticket};
 use super::meta::RequestMeta;
 use super::state::State;
-use super::{HttpRequest, Reply};
+use super::{HttpRequest, Outcome};
 
 #[derive(Clone)]
 pub struct BodyLayer(pub Arc<State>);
@@ -37,6 +37,13 @@ pub struct ReadBody<S> {
     state: Arc<State>,
 }
 
+/// An invocation past every refusal: the dispatch step runs it.
+pub struct Accepted {
+    pub inv: Invocation,
+    pub ticket: Ticket,
+    pub meta: Arc<RequestMeta>,
+}
+
 fn too_large(limit: usize) -> InvokeError {
     InvokeError::new(
         ErrorCode::PayloadTooLarge,
@@ -44,12 +51,41 @@ fn too_large(limit: usize) -> InvokeError {
     )
 }
 
+fn invalid(message: String) -> InvokeError {
+    InvokeError::new(ErrorCode::InvalidRequest, message)
+}
+
+/// The body, at most `limit` bytes, in one buffer sized from
+/// `Content-Length` when there is one (no second copy to join frames).
+async fn read(req: HttpRequest, limit: usize) -> Result<bytes::Bytes, InvokeError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut body = req.into_body();
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| invalid(format!("could not read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 impl<S> ReadBody<S> {
-    async fn invocation(
+    async fn accept(
         state: &State,
         req: HttpRequest,
-    ) -> Result<(Invocation, bool), InvokeError> {
-        let limit = state.config.max_body_bytes;
+        ticket: Ticket,
+    ) -> Result<Accepted, InvokeError> {
         let meta = req
             .extensions()
             .get::<Arc<RequestMeta>>()
@@ -59,86 +95,55 @@ impl<S> ReadBody<S> {
             return Err(p.clone());
         }
         let Some(execution_id) = meta.execution_id.clone() else {
-            return Err(InvokeError::new(
-                ErrorCode::InvalidRequest,
-                "missing X-Execution-Id header (and no EXECUTION_ID fallback is set)",
+            return Err(invalid(
+                "missing X-Execution-Id header (and no EXECUTION_ID fallback is set)".into(),
             ));
         };
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(too_large(limit));
-        }
-        let bytes = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(too_large(limit))
-            }
-            Err(e) => {
-                return Err(InvokeError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("could not read the request body: {e}"),
-                ))
-            }
-        };
-        let payload: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-            // No body at all: the payload is null, as in one-shot mode.
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).map_err(|e| {
-                InvokeError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("the request body is not valid JSON: {e}"),
-                )
-            })?
-        };
+        let (deadline, budget) = meta.deadline(state.timeout);
+        // The body must be in by the deadline too: a client that trickles it
+        // cannot hold its place for longer than the invocation could run.
+        let bytes =
+            tokio::time::timeout_at(deadline.into(), read(req, state.config.max_body_bytes))
+                .await
+                .map_err(|_| {
+                    invalid(format!(
+                        "the request body did not arrive within the invocation's {} ms deadline",
+                        budget.as_millis()
+                    ))
+                })??;
+        let payload = Json::parse_or_null(bytes)
+            .map_err(|e| invalid(format!("the request body is not valid JSON: {e}")))?;
         state.validator.check_input(&payload)?;
 
-        let mut timeout = state.timeout;
-        if let Some(ms) = meta.timeout_ms {
-            timeout = timeout.min(Duration::from_millis(ms));
-        }
-        let mut inv = Invocation::new(execution_id, payload, timeout);
-        let cold = state.cold.swap(false, Ordering::AcqRel);
-        inv.cold_start = cold;
+        let mut inv = Invocation::new(execution_id, payload, budget);
+        inv.set_deadline(deadline, budget);
+        inv.cold_start = state.cold.swap(false, Ordering::AcqRel);
         inv.trace_id = meta.trace_id.clone();
         inv.traceparent = meta.traceparent.clone();
         inv.attempt = meta.attempt;
         inv.idempotency_key = meta.idempotency_key.clone();
-        Ok((inv, cold))
+        Ok(Accepted { inv, ticket, meta })
     }
 }
 
-impl<S> Service<HttpRequest> for ReadBody<S>
+impl<S> Service<Admitted> for ReadBody<S>
 where
-    S: Service<Invocation, Response = InvokeResult, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Accepted, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Reply;
+    type Response = Outcome;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Reply, Infallible>>;
+    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+    crate::pipeline::always_ready!();
 
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
+    fn call(&mut self, admitted: Admitted) -> Self::Future {
         let state = self.state.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            match Self::invocation(&state, req).await {
-                Err(e) => Ok(Reply::rejected(e)),
-                Ok((inv, cold_start)) => {
-                    let result = inner.call(inv).await?;
-                    Ok(Reply {
-                        result,
-                        cold_start,
-                        accepted: true,
-                    })
-                }
+            match Self::accept(&state, admitted.req, admitted.ticket).await {
+                Err(e) => Ok(Outcome::Refused(e)),
+                Ok(accepted) => inner.call(accepted).await,
             }
         })
     }

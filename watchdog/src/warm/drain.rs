@@ -9,7 +9,7 @@ use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
 use super::state::State;
-use super::{HttpRequest, Reply};
+use super::{HttpRequest, Outcome};
 
 #[derive(Clone)]
 pub struct DrainLayer(pub Arc<State>);
@@ -32,12 +32,12 @@ pub struct Drain<S> {
 
 impl<S> Service<HttpRequest> for Drain<S>
 where
-    S: Service<HttpRequest, Response = Reply, Error = Infallible> + Clone + Send + 'static,
+    S: Service<HttpRequest, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Reply;
+    type Response = Outcome;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Reply, Infallible>>;
+    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -58,7 +58,7 @@ where
             None
         };
         if let Some(e) = refusal {
-            return Box::pin(async move { Ok(Reply::rejected(e)) });
+            return Box::pin(async move { Ok(Outcome::Refused(e)) });
         }
         let guard = state.accept();
         let fut = self.inner.call(req);

@@ -1,6 +1,8 @@
 //! The section-4 request headers, read once per request by the trace layer
 //! and handed down in the request's extensions.
 
+use std::time::{Duration, Instant};
+
 use hyper::HeaderMap;
 use runtime_sdk::names::header;
 use runtime_sdk::{ErrorCode, InvokeError};
@@ -18,6 +20,9 @@ pub struct RequestMeta {
     /// A header that was present but malformed: a 400 once the request is
     /// past authentication.
     pub problem: Option<InvokeError>,
+    /// When the request arrived: the deadline counts from here, so queued
+    /// time counts against it (section 4).
+    pub arrived: Option<Instant>,
 }
 
 fn text(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -30,6 +35,16 @@ fn text(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 impl RequestMeta {
+    /// The invocation's deadline, `min(TIMEOUT_MS, X-Timeout-Ms)` after
+    /// arrival, and that budget.
+    pub fn deadline(&self, timeout: Duration) -> (Instant, Duration) {
+        let budget = match self.timeout_ms {
+            Some(ms) => timeout.min(Duration::from_millis(ms)),
+            None => timeout,
+        };
+        (self.arrived.unwrap_or_else(Instant::now) + budget, budget)
+    }
+
     pub fn read(headers: &HeaderMap, fallback_id: Option<&str>) -> Self {
         let mut problem = None;
         let mut positive = |name: &str| -> Option<u64> {
@@ -59,6 +74,7 @@ impl RequestMeta {
             callback_url: text(headers, header::CALLBACK_URL),
             timeout_ms,
             problem,
+            arrived: Some(Instant::now()),
         }
     }
 }

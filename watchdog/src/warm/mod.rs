@@ -1,15 +1,13 @@
 //! Warm mode (contract section 4): the function stays loaded behind
 //! `POST /invoke`, `/health`, `/live` and `/metrics`.
 
+mod admission;
 mod auth;
 mod body;
-mod concurrency;
-mod deadline;
+mod dispatch;
 mod drain;
-mod measure;
 mod meta;
 mod respond;
-mod run;
 mod state;
 mod trace;
 
@@ -25,6 +23,7 @@ use axum::Router;
 use hyper::StatusCode;
 use runtime_sdk::{ErrorCode, Handler, Health, InvokeError, InvokeResult};
 use serde_json::json;
+use std::future::Future;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
@@ -39,27 +38,23 @@ use crate::validate::Validator;
 pub type HttpRequest = hyper::Request<Body>;
 pub type HttpResponse = hyper::Response<Body>;
 
-/// What the layers above the body step hand back to `respond`.
-pub struct Reply {
-    pub result: InvokeResult,
-    /// The first invocation after start-up (adds `X-Cold-Start`).
-    pub cold_start: bool,
-    /// Whether the invocation was taken (past auth, drain and body): only
-    /// those are reported by callback, and the others count as rejected.
-    pub accepted: bool,
+/// What the layers under `respond` hand back to it.
+pub enum Outcome {
+    /// Not taken (400, 401, 413, 429, 503): counted as a rejection, never
+    /// reported by callback; the control plane may send it elsewhere.
+    Refused(InvokeError),
+    /// Accepted and run (or stopped): its one result. Its callback, when it
+    /// has a target, is sent by `dispatch`.
+    Completed {
+        result: InvokeResult,
+        /// The first invocation after start-up (adds `X-Cold-Start`).
+        cold_start: bool,
+    },
 }
 
-impl Reply {
-    pub fn rejected(e: InvokeError) -> Self {
-        Reply {
-            result: Err(e),
-            cold_start: false,
-            accepted: false,
-        }
-    }
-}
-
-/// The `/invoke` stack, outermost first (STYLE.md, "Warm stack").
+/// The `/invoke` stack, outermost first (STYLE.md, "Warm stack"). The
+/// invocation pipeline itself (deadline, measure, runner) is shared with
+/// one-shot mode and runs inside `dispatch`, detached from the connection.
 fn invoke_service(
     state: &Arc<State>,
 ) -> impl tower::Service<
@@ -73,26 +68,22 @@ fn invoke_service(
     ServiceBuilder::new()
         // Outermost, so even rejections carry the execution id.
         .layer(trace::TraceLayer(state.clone()))
-        // The one place results become responses and callbacks.
+        // The one place outcomes become responses.
         .layer(respond::RespondLayer(state.clone()))
         // Before any body is read.
         .layer(auth::AuthLayer::new(state.config.invoke_token.as_deref()))
-        // Before a body or a slot is taken.
+        // Before a place or a body is taken.
         .layer(drain::DrainLayer(state.clone()))
-        .layer(body::BodyLayer(state.clone()))
-        // Outside the queue: queued time counts against the deadline.
-        .layer(deadline::DeadlineLayer(state.clone()))
-        .layer(concurrency::ConcurrencyLayer::new(
+        // A place among the running and the waiting before the body is
+        // read: a 429 reads no body, and memory is bounded by the places.
+        .layer(admission::AdmissionLayer::new(
             state.config.max_concurrency,
             state.config.queue_depth,
             state.metrics.clone(),
         ))
-        // Innermost: times the run, not the wait.
-        .layer(measure::MeasureLayer(state.metrics.clone()))
-        .service(run::Run {
-            handler: state.handler.clone(),
-            validator: state.validator.clone(),
-        })
+        // Past this step the invocation is accepted.
+        .layer(body::BodyLayer(state.clone()))
+        .service(dispatch::Dispatch::new(state.clone()))
 }
 
 /// The whole HTTP surface; tests drive it with `oneshot`.
@@ -135,14 +126,23 @@ fn health_body(state: &State) -> (StatusCode, serde_json::Value) {
 
 async fn health(Extract(state): Extract<Arc<State>>) -> HttpResponse {
     let (status, body) = health_body(&state);
-    respond::json_response(status, body.to_string().into_bytes())
+    respond::json_response(status, body.to_string())
 }
 
-async fn live() -> HttpResponse {
-    respond::json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+/// Liveness: the server answers, and the runner has not given up for good
+/// (more Python threads stuck past their deadline than there are slots).
+async fn live(Extract(state): Extract<Arc<State>>) -> HttpResponse {
+    match state.handler.live() {
+        Ok(()) => respond::json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+        Err(reason) => respond::json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "unhealthy", "reason": reason}).to_string(),
+        ),
+    }
 }
 
 async fn metrics(Extract(state): Extract<Arc<State>>) -> HttpResponse {
+    state.metrics.stuck_threads(state.handler.stuck_threads());
     let mut resp = HttpResponse::new(Body::from(state.metrics.render()));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -158,6 +158,49 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     ));
     *resp.status_mut() = StatusCode::NOT_FOUND;
     resp
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets the open
+/// connections finish. Apart from the lifecycle, so tests can drive the
+/// real server on port 0.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Drain (section 10): refuse new work, let what was accepted finish within
+/// `limit`, then stop what still runs and answer it `CANCELLED` (response
+/// and callback), and flush the callbacks within their budget.
+pub async fn drain(state: &State, limit: Duration) {
+    state.draining.store(true, Ordering::Release);
+    if tokio::time::timeout(limit, state.idle()).await.is_err() {
+        tracing::warn!(
+            left = state.accepted(),
+            "DRAIN_TIMEOUT_MS={} passed with invocations still running: stopping them (CANCELLED)",
+            limit.as_millis()
+        );
+        state.stop_running.cancel();
+        // Each stopped invocation answers at once; this only waits for
+        // their tasks to hand over the results.
+        if tokio::time::timeout(Duration::from_secs(2), state.idle())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                left = state.accepted(),
+                "invocations did not stop after DRAIN_TIMEOUT_MS"
+            );
+        }
+    }
+    state.callbacks.flush(state.callbacks.budget()).await;
 }
 
 /// Runs warm mode until a signal or a fatal fault; returns the exit code.
@@ -201,15 +244,9 @@ pub async fn run(
     let server_stop = tokio_util::sync::CancellationToken::new();
     let server = {
         let stop = server_stop.clone();
-        let app = app(state.clone());
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
+        tokio::spawn(serve(listener, app(state.clone()), async move {
+            stop.cancelled().await
+        }))
     };
 
     // Load the function while the server already answers /live and /health.
@@ -237,25 +274,11 @@ pub async fn run(
 
     shutdown.requested().await;
 
-    // Drain (section 10): refuse new work, finish what was accepted.
-    state.draining.store(true, Ordering::Release);
-    let drain_started = Instant::now();
-    if tokio::time::timeout(warm.drain_timeout, state.idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = state.accepted(),
-            "DRAIN_TIMEOUT_MS={} passed with invocations still running",
-            warm.drain_timeout.as_millis()
-        );
-    }
-    let left = warm.drain_timeout.saturating_sub(drain_started.elapsed());
-    callbacks
-        .flush(left.max(config.callback.timeout * config.callback.attempts))
-        .await;
+    drain(&state, warm.drain_timeout).await;
     handler.shutdown().await;
     server_stop.cancel();
+    // Connections finish writing what they have (the CANCELLED answers
+    // included) before the process exits.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     match shutdown.fatal_reason() {
         Some(reason) => {

@@ -1,6 +1,5 @@
 //! The one place where an invocation's outcome becomes an HTTP response
-//! (status and body of contract section 4). It also counts rejections and
-//! queues the warm callback once the answer is on its way.
+//! (status and body of contract section 4), and where refusals are counted.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,13 +9,11 @@ use axum::body::Body;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::StatusCode;
 use runtime_sdk::names::header;
-use runtime_sdk::{BoxFuture, ErrorCode, InvokeError, InvokeResult};
+use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
-use super::meta::RequestMeta;
 use super::state::State;
-use super::{HttpRequest, HttpResponse, Reply};
-use crate::callback::{self, Delivery};
+use super::{HttpRequest, HttpResponse, Outcome};
 
 /// Status for each code; exhaustive on purpose, so a new code does not
 /// build until it is mapped.
@@ -33,22 +30,42 @@ pub fn status_of(code: &ErrorCode) -> StatusCode {
         ErrorCode::HandlerLoadError => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::OutputSerializationError => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::OutputValidationError => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::OutputTooLarge => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::FunctionError => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Custom(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-pub fn json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
-    let mut resp = HttpResponse::new(Body::from(body));
+/// The status of an accepted invocation's error. The codes of the
+/// watchdog's own refusals (401, 413, 429, 503 `NOT_READY`) say "not taken,
+/// send it elsewhere"; a function that returns one of them ran all the
+/// same, so it answers 500 and keeps its code in the body.
+fn status_of_completed(code: &ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized
+        | ErrorCode::PayloadTooLarge
+        | ErrorCode::Overloaded
+        | ErrorCode::NotReady => StatusCode::INTERNAL_SERVER_ERROR,
+        other => status_of(other),
+    }
+}
+
+pub fn json_response(status: StatusCode, body: impl Into<Body>) -> HttpResponse {
+    let mut resp = HttpResponse::new(body.into());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
+fn error_body(e: &InvokeError) -> Vec<u8> {
+    serde_json::to_vec(&e.to_body()).expect("an error body serialises")
+}
+
+/// A refusal: the request was not taken.
 pub fn error_response(e: &InvokeError) -> HttpResponse {
-    let mut resp = json_response(status_of(&e.code), e.to_body().to_string().into_bytes());
+    let mut resp = json_response(status_of(&e.code), error_body(e));
     if e.code == ErrorCode::Overloaded {
         resp.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -77,7 +94,7 @@ pub struct Respond<S> {
 
 impl<S> Service<HttpRequest> for Respond<S>
 where
-    S: Service<HttpRequest, Response = Reply, Error = Infallible> + Clone + Send + 'static,
+    S: Service<HttpRequest, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = HttpResponse;
@@ -89,86 +106,66 @@ where
     }
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
-        let meta = req.extensions().get::<Arc<RequestMeta>>().cloned();
         let state = self.state.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let reply = fut.await?;
-            // Shed load (429) was parsed but never ran: like the requests refused
-            // above the body step, it counts as rejected and gets no callback.
-            let taken = reply.accepted
-                && !matches!(&reply.result, Err(e) if e.code == ErrorCode::Overloaded);
-            let mut resp = match &reply.result {
-                Ok(output) => json_response(
-                    StatusCode::OK,
-                    serde_json::to_vec(output).unwrap_or_default(),
-                ),
-                Err(e) => {
-                    if !taken {
-                        state
-                            .metrics
-                            .rejected(&e.code.as_str().to_ascii_lowercase());
-                    }
-                    if matches!(e.code, ErrorCode::HandlerError) {
-                        tracing::warn!(code = %e.code, error = %e.message, "invocation failed");
-                    } else {
-                        tracing::info!(code = %e.code, error = %e.message, "invocation failed");
-                    }
-                    error_response(e)
+            Ok(match fut.await? {
+                Outcome::Refused(e) => {
+                    state
+                        .metrics
+                        .rejected(&e.code.as_str().to_ascii_lowercase());
+                    tracing::info!(code = %e.code, error = %e.message, "request refused");
+                    error_response(&e)
                 }
-            };
-            if reply.cold_start {
-                let h = resp.headers_mut();
-                h.insert(header::COLD_START, HeaderValue::from_static("true"));
-                let init = state.init_duration.get().copied().unwrap_or_default();
-                h.insert(
-                    header::INIT_DURATION_MS,
-                    HeaderValue::from(init.as_millis() as u64),
-                );
-            }
-            if let Some(meta) = meta {
-                queue_callback(&state, &meta, &reply.result, taken);
-            }
-            Ok(resp)
+                Outcome::Completed { result, cold_start } => {
+                    let mut resp = match result {
+                        Ok(output) => json_response(StatusCode::OK, output.bytes()),
+                        Err(e) => {
+                            if matches!(e.code, ErrorCode::HandlerError) {
+                                tracing::warn!(code = %e.code, error = %e.message, "invocation failed");
+                            } else {
+                                tracing::info!(code = %e.code, error = %e.message, "invocation failed");
+                            }
+                            json_response(status_of_completed(&e.code), error_body(&e))
+                        }
+                    };
+                    if cold_start {
+                        let h = resp.headers_mut();
+                        h.insert(header::COLD_START, HeaderValue::from_static("true"));
+                        let init = state.init_duration.get().copied().unwrap_or_default();
+                        h.insert(
+                            header::INIT_DURATION_MS,
+                            HeaderValue::from(init.as_millis() as u64),
+                        );
+                    }
+                    resp
+                }
+            })
         })
     }
 }
 
-/// Section 6: a warm invocation is reported too when a callback URL is
-/// known. Load shedding (429) is not reported: the request was not taken,
-/// and the control plane is free to send it elsewhere.
-fn queue_callback(state: &State, meta: &RequestMeta, result: &InvokeResult, taken: bool) {
-    if !taken {
-        return;
-    }
-    let Some(execution_id) = meta.execution_id.as_deref() else {
-        return;
-    };
-    let from_header = meta.callback_url.as_deref().and_then(|raw| {
-        match url::Url::parse(raw) {
-            Ok(u) if state.config.allowed_callback_origins.allows(&u) => Some(u),
-            Ok(u) => {
-                tracing::warn!(url = %u, "X-Callback-Url ignored: its origin is not in CALLBACK_ALLOWED_ORIGINS");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(url = raw, "X-Callback-Url ignored: {e}");
-                None
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_cannot_pose_as_a_refusal() {
+        for code in [
+            ErrorCode::Overloaded,
+            ErrorCode::NotReady,
+            ErrorCode::Unauthorized,
+            ErrorCode::PayloadTooLarge,
+        ] {
+            assert_ne!(status_of(&code), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(
+                status_of_completed(&code),
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
         }
-    });
-    let Some(base) = from_header.or_else(|| state.callbacks.config().url.clone()) else {
-        return;
-    };
-    match callback::complete_url(&base, execution_id) {
-        Ok(url) => state.callbacks.spawn(Delivery::from_parts(
-            url,
-            execution_id,
-            meta.trace_id.clone(),
-            meta.attempt,
-            meta.idempotency_key.clone(),
-            result,
-        )),
-        Err(e) => tracing::warn!("callback URL cannot take the execution id: {e}"),
+        assert_eq!(
+            status_of_completed(&ErrorCode::Timeout),
+            StatusCode::GATEWAY_TIMEOUT
+        );
     }
 }

@@ -10,8 +10,10 @@ use tokio::sync::Notify;
 use crate::callback::CallbackClient;
 use crate::config::WarmConfig;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::validate::Validator;
+use tokio_util::sync::CancellationToken;
 
 pub struct State {
     pub config: WarmConfig,
@@ -20,7 +22,12 @@ pub struct State {
     pub metrics: Metrics,
     pub callbacks: CallbackClient,
     pub validator: Validator,
+    /// Catch-panic, deadline, measure, output check, runner.
+    pub pipeline: Pipeline,
     pub shutdown: Shutdown,
+    /// Cancelled when `DRAIN_TIMEOUT_MS` passes: whatever still runs is
+    /// stopped and answered with `CANCELLED`.
+    pub stop_running: CancellationToken,
     /// Set once the function is loaded (section 4: per runner).
     pub ready: AtomicBool,
     /// Set on SIGTERM/SIGINT or a fatal fault; never cleared.
@@ -31,7 +38,8 @@ pub struct State {
     pub init_duration: OnceLock<Duration>,
     /// True until the first invocation is accepted.
     pub cold: AtomicBool,
-    /// Invocations accepted and not yet answered; draining waits for zero.
+    /// Requests past the drain check and invocations not yet answered;
+    /// draining waits for zero.
     accepted: AtomicUsize,
     idle: Notify,
 }
@@ -50,11 +58,13 @@ impl State {
         State {
             config,
             timeout,
+            callbacks,
+            pipeline: crate::pipeline::build(handler.clone(), validator.clone(), metrics.clone()),
             handler,
             metrics,
-            callbacks,
             validator,
             shutdown,
+            stop_running: CancellationToken::new(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             start_error: OnceLock::new(),

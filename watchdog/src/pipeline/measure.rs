@@ -1,8 +1,7 @@
-//! Innermost layer: times the run (not the queue wait) and keeps the
-//! in-flight gauge right even when the deadline drops the future.
+//! Times the run (not the queue wait) and keeps the in-flight gauge right
+//! even when the deadline or a cancellation drops the future.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use runtime_sdk::{BoxFuture, Invocation, InvokeResult};
@@ -51,9 +50,7 @@ where
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<InvokeResult, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+    super::always_ready!();
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
         self.metrics.in_flight().inc();

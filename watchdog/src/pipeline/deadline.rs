@@ -1,25 +1,32 @@
-//! Ends every invocation by its deadline with `TIMEOUT` (504). It sits
-//! above the concurrency layer because queued time counts (section 4).
+//! The one owner of an invocation's deadline and of the `TIMEOUT` error.
+//! The deadline itself is set when the invocation arrives (warm: queued time
+//! counts, section 4; one-shot: from when the function is ready, section 5);
+//! this layer ends the run there by dropping it.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeResult};
+use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeError, InvokeResult};
 use tower::{Layer, Service};
 
-use super::state::State;
-use crate::runner::process::timeout_error;
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
-pub struct DeadlineLayer(pub Arc<State>);
+pub struct DeadlineLayer {
+    metrics: Metrics,
+}
+
+impl DeadlineLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        DeadlineLayer { metrics }
+    }
+}
 
 impl<S> Layer<S> for DeadlineLayer {
     type Service = Deadline<S>;
     fn layer(&self, inner: S) -> Deadline<S> {
         Deadline {
             inner,
-            state: self.0.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -27,37 +34,33 @@ impl<S> Layer<S> for DeadlineLayer {
 #[derive(Clone)]
 pub struct Deadline<S> {
     inner: S,
-    state: Arc<State>,
+    metrics: Metrics,
 }
 
 impl<S> Service<Invocation> for Deadline<S>
 where
-    S: Service<Invocation, Response = InvokeResult, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Invocation, Response = InvokeResult, Error = Infallible>,
     S::Future: Send + 'static,
 {
     type Response = InvokeResult;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<InvokeResult, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+    super::always_ready!();
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
-        let state = self.state.clone();
-        let budget = inv.remaining();
+        let metrics = self.metrics.clone();
         let deadline = inv.deadline;
+        let budget = inv.budget();
         let execution_id = inv.execution_id.clone();
         let fut = self.inner.call(inv);
         Box::pin(async move {
             let result = match tokio::time::timeout_at(deadline.into(), fut).await {
                 Ok(r) => r?,
-                // Dropping the inner future stops the runner's work (process
-                // groups are killed by their guards).
-                Err(_) => Err(timeout_error(&execution_id, budget)),
+                Err(_) => Err(InvokeError::timeout(&execution_id, budget)),
             };
             if matches!(&result, Err(e) if e.code == ErrorCode::Timeout) {
-                state.metrics.timeout();
+                metrics.timeout();
             }
             Ok(result)
         })
