@@ -183,7 +183,8 @@ def test_circuit_breaker_timeout_exits_1_with_code_timeout(runner):
 
 # --------------------------------------------------------------------------------------
 # Alyx: one message on stdin; the answer is the result object with its request_id.
-# Standard input is not a mode trigger (contract section 1): the container sets WARM=false.
+# WARM=false is not needed (a payload on a stdin pipe means one-shot, section 1; see
+# test_alyx.py), but an explicit setting must keep working too.
 
 ALYX_MESSAGE = {"request_id": "r-1", "function": "echo", "input": {"text": "hi"},
                 "context": {"tenant": "t-9", "deadline_ms": 5000}}

@@ -424,8 +424,35 @@ impl Config {
         T: Into<OsString> + Clone,
     {
         let args = Args::try_parse_from(args).map_err(clap_error)?;
-        let stdin_has_data = || !std::io::IsTerminal::is_terminal(&std::io::stdin());
-        build(args, stdin_has_data)
+        build(args, StdinKind::of_this_process())
+    }
+}
+
+/// What the process's standard input is, which section 1 reads as a mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinKind {
+    /// A pipe or a regular file: a payload was handed over (`echo ... |`,
+    /// `< file`, Alyx's subprocess runtime).
+    PipeOrFile,
+    Terminal,
+    /// `/dev/null` (Kubernetes, `docker run -d`), a socket, or closed.
+    Other,
+}
+
+impl StdinKind {
+    pub fn of_this_process() -> StdinKind {
+        use std::os::unix::fs::FileTypeExt;
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return StdinKind::Terminal;
+        }
+        use std::os::fd::FromRawFd;
+        // fstat on fd 0, borrowed: never closed here. A closed fd 0 fails.
+        // SAFETY: fd 0 is only read through this File, which is never dropped.
+        let stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+        match stdin.metadata() {
+            Ok(m) if m.file_type().is_fifo() || m.file_type().is_file() => StdinKind::PipeOrFile,
+            _ => StdinKind::Other,
+        }
     }
 }
 
@@ -480,8 +507,9 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn build(a: Args, stdin_has_data: impl Fn() -> bool) -> Result<Config, ConfigError> {
-    // Section 1: WARM decides; unset, any one-shot trigger means one-shot.
+fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
+    // Section 1: WARM decides; unset, any one-shot trigger means one-shot,
+    // and so does a payload handed over on standard input.
     let payload_var = [
         (names::INVOCATION_PAYLOAD, &a.invocation_payload),
         (names::INPUT_DATA, &a.input_data),
@@ -489,9 +517,9 @@ fn build(a: Args, stdin_has_data: impl Fn() -> bool) -> Result<Config, ConfigErr
     ]
     .into_iter()
     .find_map(|(name, v)| v.clone().map(|text| PayloadSource::Variable { name, text }));
-    let warm = a
-        .warm
-        .unwrap_or(a.execution_id.is_none() && payload_var.is_none());
+    let warm = a.warm.unwrap_or(
+        a.execution_id.is_none() && payload_var.is_none() && stdin != StdinKind::PipeOrFile,
+    );
 
     let kind = match a.execution_mode {
         Some(kind) => kind,
@@ -663,7 +691,7 @@ fn build(a: Args, stdin_has_data: impl Fn() -> bool) -> Result<Config, ConfigErr
         );
         let payload = match payload_var {
             Some(p) => p,
-            None if stdin_has_data() => PayloadSource::Stdin,
+            None if stdin != StdinKind::Terminal => PayloadSource::Stdin,
             None => PayloadSource::Variable {
                 name: "none",
                 text: "null".into(),
@@ -737,7 +765,31 @@ mod tests {
     }
 
     fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        build(args(env), || false)
+        build(args(env), StdinKind::Terminal)
+    }
+
+    #[test]
+    fn a_payload_on_standard_input_means_oneshot() {
+        let env = [("WATCHDOG_CMD", "cat"), ("EXECUTION_MODE", "STDIO")];
+        let mode = |stdin| build(args(&env), stdin).unwrap().mode;
+        assert!(matches!(
+            mode(StdinKind::PipeOrFile),
+            Mode::Oneshot(OneshotConfig {
+                payload: PayloadSource::Stdin,
+                ..
+            })
+        ));
+        assert!(matches!(mode(StdinKind::Other), Mode::Warm(_)));
+        assert!(matches!(mode(StdinKind::Terminal), Mode::Warm(_)));
+        let forced = [
+            ("WARM", "true"),
+            ("WATCHDOG_CMD", "cat"),
+            ("EXECUTION_MODE", "STDIO"),
+        ];
+        assert!(matches!(
+            build(args(&forced), StdinKind::PipeOrFile).unwrap().mode,
+            Mode::Warm(_)
+        ));
     }
 
     #[test]

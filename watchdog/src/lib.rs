@@ -1,6 +1,7 @@
 //! Ember's watchdog: configuration, the two modes, the runners, callbacks,
 //! metrics, logging and shutdown. `main.rs` only wires them.
 
+pub mod alyx;
 pub mod callback;
 pub mod config;
 pub mod logging;

@@ -30,6 +30,11 @@ fn main() {
         }
     };
     logging::init(config.log_format, config.log_level);
+    // One-shot stdout holds the result line alone; taken before any thread.
+    let stdout = match &config.mode {
+        Mode::Oneshot(_) => oneshot::take_stdout(),
+        Mode::Warm(_) => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -55,7 +60,7 @@ fn main() {
                 .await
             }
             Mode::Oneshot(o) => {
-                oneshot::run(&config, o, handler, validator, metrics, shutdown).await
+                oneshot::run(&config, o, handler, validator, metrics, shutdown, stdout).await
             }
         }
     });

@@ -19,6 +19,7 @@ use crate::validate::Validator;
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: &Config,
     oneshot: &OneshotConfig,
@@ -26,11 +27,15 @@ pub async fn run(
     validator: Validator,
     metrics: Metrics,
     shutdown: Shutdown,
+    stdout: Option<std::fs::File>,
 ) -> i32 {
     let span = crate::logging::invocation_span(&oneshot.execution_id, oneshot.trace_id.as_deref());
     async {
         let payload = read_payload(&oneshot.payload);
-        let request_id = payload.as_ref().ok().and_then(request_id);
+        let request_id = payload
+            .as_ref()
+            .ok()
+            .and_then(|p| crate::alyx::request_id(p.as_bytes()));
 
         let mut inv = Invocation::new(oneshot.execution_id.clone(), Json::null(), config.timeout);
         inv.trace_id = oneshot.trace_id.clone();
@@ -73,7 +78,7 @@ pub async fn run(
                 }
             }
             None => {
-                print_result(oneshot.output, &result, request_id);
+                print_result(stdout, oneshot.output, &result, request_id);
                 if result.is_ok() {
                     EXIT_OK
                 } else {
@@ -107,21 +112,6 @@ async fn execute(
         Ok(result) => result,
         Err(never) => match never {},
     }
-}
-
-/// Alyx's `request_id`, when the payload is an object that has a string one
-/// (read without building the payload's tree).
-fn request_id(payload: &Json) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        request_id: Option<String>,
-    }
-    if !payload.is_object() {
-        return None;
-    }
-    serde_json::from_slice::<Probe>(payload.as_bytes())
-        .ok()
-        .and_then(|p| p.request_id)
 }
 
 /// The first payload source that is set (section 5); invalid JSON fails
@@ -162,9 +152,38 @@ fn names_hint(name: &str) -> &'static str {
     }
 }
 
+/// Keeps the process's stdout for the result line alone (section 5): fd 1
+/// is duplicated to a private descriptor (close-on-exec, so no child gets
+/// it), and fd 1 then points at stderr, so whatever a handler prints, and
+/// every byte its children or C extensions write to fd 1, lands in the log
+/// stream. Alyx parses the whole of stdout as one JSON document; Norn
+/// returns it as the response. Call before any thread or child starts.
+pub fn take_stdout() -> Option<std::fs::File> {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain descriptor calls on fds 1 and 2, before other threads
+    // exist; the new descriptor is owned by the returned File alone.
+    unsafe {
+        let private = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        if private < 0 {
+            return None; // stdout closed: there is nowhere to print anyway
+        }
+        if libc::dup2(2, 1) < 0 {
+            libc::close(private);
+            return None;
+        }
+        Some(std::fs::File::from_raw_fd(private))
+    }
+}
+
 /// Without a callback URL the result goes to stdout as its last line.
-fn print_result(form: OneshotOutput, result: &InvokeResult, request_id: Option<String>) {
-    let line = match form {
+fn print_result(
+    out: Option<std::fs::File>,
+    form: OneshotOutput,
+    result: &InvokeResult,
+    request_id: Option<String>,
+) {
+    let mut line = match form {
         OneshotOutput::Result => {
             let body = callback::result_body(result);
             match request_id {
@@ -184,8 +203,16 @@ fn print_result(form: OneshotOutput, result: &InvokeResult, request_id: Option<S
             Err(e) => serde_json::to_vec(&e.to_body()).expect("an error body serialises"),
         },
     };
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&line);
-    let _ = out.write_all(b"\n");
-    let _ = out.flush();
+    line.push(b'\n');
+    match out {
+        Some(mut out) => {
+            let _ = out.write_all(&line);
+            let _ = out.flush();
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.flush();
+        }
+    }
 }

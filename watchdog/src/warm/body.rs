@@ -94,11 +94,6 @@ impl<S> ReadBody<S> {
         if let Some(p) = &meta.problem {
             return Err(p.clone());
         }
-        let Some(execution_id) = meta.execution_id.clone() else {
-            return Err(invalid(
-                "missing X-Execution-Id header (and no EXECUTION_ID fallback is set)".into(),
-            ));
-        };
         let (deadline, budget) = meta.deadline(state.timeout);
         // The body must be in by the deadline too: a client that trickles it
         // cannot hold its place for longer than the invocation could run.
@@ -111,6 +106,18 @@ impl<S> ReadBody<S> {
                         budget.as_millis()
                     ))
                 })??;
+        // A bigger body in Alyx's form than the early probe reads is
+        // recognised here: its `request_id` is the execution id (section 4).
+        if !meta.id_from_header && meta.alyx.get().is_none() {
+            if let Some(request_id) = crate::alyx::invoke_request_id(&bytes) {
+                let _ = meta.alyx.set(request_id);
+            }
+        }
+        let Some(execution_id) = meta.alyx.get().or(meta.execution_id.as_ref()).cloned() else {
+            return Err(invalid(
+                "missing X-Execution-Id header (and no EXECUTION_ID fallback is set)".into(),
+            ));
+        };
         let payload = Json::parse_or_null(bytes)
             .map_err(|e| invalid(format!("the request body is not valid JSON: {e}")))?;
         state.validator.check_input(&payload)?;

@@ -1,6 +1,7 @@
 //! The section-4 request headers, read once per request by the trace layer
 //! and handed down in the request's extensions.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hyper::HeaderMap;
@@ -23,6 +24,11 @@ pub struct RequestMeta {
     /// When the request arrived: the deadline counts from here, so queued
     /// time counts against it (section 4).
     pub arrived: Option<Instant>,
+    /// Whether `execution_id` came from `X-Execution-Id`.
+    pub id_from_header: bool,
+    /// Set when the request is in Alyx's form (section 4): its
+    /// `request_id`; the answer is then written in Alyx's shape.
+    pub alyx: OnceLock<String>,
 }
 
 fn text(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -37,6 +43,18 @@ fn text(headers: &HeaderMap, name: &str) -> Option<String> {
 impl RequestMeta {
     /// The invocation's deadline, `min(TIMEOUT_MS, X-Timeout-Ms)` after
     /// arrival, and that budget.
+    /// Milliseconds since the request arrived (Alyx's `duration_ms`).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.arrived.map_or(0, |t| t.elapsed().as_millis() as u64)
+    }
+
+    /// Takes the Alyx form: `request_id` becomes the execution id, before
+    /// the `EXECUTION_ID` fallback.
+    pub fn take_alyx_form(&mut self, request_id: String) {
+        self.execution_id = Some(request_id.clone());
+        let _ = self.alyx.set(request_id);
+    }
+
     pub fn deadline(&self, timeout: Duration) -> (Instant, Duration) {
         let budget = match self.timeout_ms {
             Some(ms) => timeout.min(Duration::from_millis(ms)),
@@ -64,9 +82,11 @@ impl RequestMeta {
         };
         let attempt = positive(header::DISPATCH_ATTEMPT).map(|n| n.min(u32::MAX as u64) as u32);
         let timeout_ms = positive(header::TIMEOUT_MS);
+        let from_header = text(headers, header::EXECUTION_ID);
         RequestMeta {
-            execution_id: text(headers, header::EXECUTION_ID)
-                .or_else(|| fallback_id.map(str::to_owned)),
+            id_from_header: from_header.is_some(),
+            alyx: OnceLock::new(),
+            execution_id: from_header.or_else(|| fallback_id.map(str::to_owned)),
             trace_id: text(headers, header::TRACE_ID),
             traceparent: text(headers, header::TRACEPARENT),
             attempt,

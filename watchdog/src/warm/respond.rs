@@ -12,8 +12,10 @@ use runtime_sdk::names::header;
 use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
+use super::meta::RequestMeta;
 use super::state::State;
 use super::{HttpRequest, HttpResponse, Outcome};
+use crate::alyx;
 
 /// Status for each code; exhaustive on purpose, so a new code does not
 /// build until it is mapped.
@@ -107,9 +109,17 @@ where
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
         let state = self.state.clone();
+        let meta = req.extensions().get::<Arc<RequestMeta>>().cloned();
         let fut = self.inner.call(req);
         Box::pin(async move {
-            Ok(match fut.await? {
+            let outcome = fut.await?;
+            // Alyx reads only the body, whatever the status (section 4).
+            if let Some(meta) = meta.as_deref() {
+                if let Some(request_id) = meta.alyx.get() {
+                    return Ok(alyx_response(&state, request_id, meta, outcome));
+                }
+            }
+            Ok(match outcome {
                 Outcome::Refused(e) => {
                     state
                         .metrics
@@ -142,6 +152,41 @@ where
                 }
             })
         })
+    }
+}
+
+/// The same outcome, with its body in Alyx's shape.
+fn alyx_response(
+    state: &State,
+    request_id: &str,
+    meta: &RequestMeta,
+    outcome: Outcome,
+) -> HttpResponse {
+    let took = meta.elapsed_ms();
+    match outcome {
+        Outcome::Refused(e) => {
+            state
+                .metrics
+                .rejected(&e.code.as_str().to_ascii_lowercase());
+            tracing::info!(code = %e.code, error = %e.message, "request refused");
+            let mut resp =
+                json_response(status_of(&e.code), alyx::answer(request_id, Err(&e), took));
+            if e.code == ErrorCode::Overloaded {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            resp
+        }
+        Outcome::Completed { result, .. } => match &result {
+            Ok(output) => json_response(StatusCode::OK, alyx::answer(request_id, Ok(output), took)),
+            Err(e) => {
+                tracing::info!(code = %e.code, error = %e.message, "invocation failed");
+                json_response(
+                    status_of_completed(&e.code),
+                    alyx::answer(request_id, Err(e), took),
+                )
+            }
+        },
     }
 }
 
