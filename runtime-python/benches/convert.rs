@@ -1,9 +1,8 @@
-//! Direct walk vs text round trip (`json.loads` / `json.dumps`) for the payload a
-//! handler receives and the value it returns. `cargo bench -p runtime-python`.
+//! Direct bytes path (`json_to_py` / `py_to_json`) vs the text round trip (`json.loads`
+//! of the bytes decoded as a str / `json.dumps` encoded) for the payload a handler
+//! receives and the value it returns. `cargo bench -p runtime-python --bench convert`.
 //!
-//! Both sides start from and end at a `serde_json::Value`, as the runtime does: the
-//! text path pays `serde_json::to_string` before `json.loads` and `serde_json::from_str`
-//! after `json.dumps`.
+//! Both sides start from and end at JSON bytes, as the runtime does.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -57,37 +56,41 @@ fn us(d: Duration) -> String {
 fn main() {
     Python::initialize();
     Python::attach(|py| {
-        println!("| payload | direction | direct walk | json text round trip | text / walk |");
+        println!("| payload | direction | direct | json text round trip | text / direct |");
         println!("|---|---|---|---|---|");
         for (label, size, iters) in [("1 KB", 1024, 5000), ("100 KB", 100 * 1024, 2000)] {
-            let value = payload(size);
-            let obj = convert::to_py(py, &value).unwrap();
-            assert_eq!(convert::from_py(&obj).unwrap(), value);
-            assert_eq!(convert::text::from_py(&obj).unwrap(), value);
+            let bytes = serde_json::to_vec(&payload(size)).unwrap();
+            let obj = convert::json_to_py(py, &bytes).unwrap();
+            let mut out = Vec::new();
+            convert::py_to_json(&obj, &mut out, usize::MAX).unwrap();
+            assert_eq!(out, bytes);
+            assert_eq!(convert::text::py_to_json(&obj).unwrap(), bytes);
 
-            let walk_in = time(iters, || {
-                black_box(convert::to_py(py, black_box(&value)).unwrap());
+            let direct_in = time(iters, || {
+                black_box(convert::json_to_py(py, black_box(&bytes)).unwrap());
             });
             let text_in = time(iters, || {
-                black_box(convert::text::to_py(py, black_box(&value)).unwrap());
+                black_box(convert::text::json_to_py(py, black_box(&bytes)).unwrap());
             });
-            let walk_out = time(iters, || {
-                black_box(convert::from_py(black_box(&obj)).unwrap());
+            let direct_out = time(iters, || {
+                let mut out = Vec::new();
+                convert::py_to_json(black_box(&obj), &mut out, usize::MAX).unwrap();
+                black_box(out);
             });
             let text_out = time(iters, || {
-                black_box(convert::text::from_py(black_box(&obj)).unwrap());
+                black_box(convert::text::py_to_json(black_box(&obj)).unwrap());
             });
-            let bytes = serde_json::to_vec(&value).unwrap().len();
-            for (dir, walk, text) in [
-                ("in (Value → Python)", walk_in, text_in),
-                ("out (Python → Value)", walk_out, text_out),
-                ("both", walk_in + walk_out, text_in + text_out),
+            for (dir, direct, text) in [
+                ("in (bytes → Python)", direct_in, text_in),
+                ("out (Python → bytes)", direct_out, text_out),
+                ("both", direct_in + direct_out, text_in + text_out),
             ] {
                 println!(
-                    "| {label} ({bytes} B) | {dir} | {} | {} | {:.2}x |",
-                    us(walk),
+                    "| {label} ({} B) | {dir} | {} | {} | {:.2}x |",
+                    bytes.len(),
+                    us(direct),
                     us(text),
-                    text.as_secs_f64() / walk.as_secs_f64()
+                    text.as_secs_f64() / direct.as_secs_f64()
                 );
             }
         }

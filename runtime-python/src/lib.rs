@@ -3,7 +3,7 @@
 //! (contract sections 2, 3 and 9).
 //!
 //! - [`threads`]: `slots` dedicated Python threads fed by one queue; tokio only awaits.
-//! - [`convert`]: JSON values to Python objects and back, walked directly.
+//! - [`convert`]: JSON bytes to Python objects and back, with no tree in between.
 //! - `errors`: exceptions to contract codes; `logs`: handler output to the watchdog's log.
 //! - `embed`: the `ember` package (`python/ember/`), compiled in.
 //!
