@@ -20,29 +20,8 @@
 mod parse;
 mod write;
 
-use pyo3::exceptions::PyValueError;
-use pyo3::prelude::*;
-use serde_json::Value;
-
 pub use parse::json_to_py;
 pub use write::{py_to_json, OutputError};
-
-/// Transitional: builds the request from a `Value` by way of its bytes, for callers that
-/// still hold one. Use [`json_to_py`] on the request body instead.
-pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
-    let json = serde_json::to_vec(value).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    json_to_py(py, &json)
-}
-
-/// Transitional: a return value as a `Value`, by way of its bytes, for callers that still
-/// want one. Use [`py_to_json`] instead: reading the bytes back is serde_json's parse,
-/// whose 128-level limit is below this module's 512.
-pub fn from_py(obj: &Bound<'_, PyAny>) -> Result<Value, OutputError> {
-    let mut json = Vec::new();
-    py_to_json(obj, &mut json, usize::MAX)?;
-    serde_json::from_slice(&json)
-        .map_err(|e| OutputError::new(format!("the JSON written cannot be read back: {e}")))
-}
 
 /// The text round trip the direct path is measured against: `json.loads` of the bytes
 /// decoded as a str, and `json.dumps` (compact, UTF-8) encoded back to bytes.

@@ -431,7 +431,8 @@ impl Pool {
         inv: &Invocation,
         busy: Busy<'_>,
     ) -> InvokeResult {
-        let request = convert::to_py(py, &inv.payload.to_value()).map_err(|e| {
+        // Built straight from the request's bytes: no tree in between.
+        let request = convert::json_to_py(py, inv.payload.as_bytes()).map_err(|e| {
             InvokeError::new(
                 ErrorCode::InvalidRequest,
                 format!("the payload cannot be passed to Python: {e}"),
@@ -458,12 +459,14 @@ impl Pool {
         logs::end_call();
         match out {
             Ok(obj) => {
-                let json = convert::from_py(&obj).map(|v| Json::from_value(&v));
-                match json {
-                    Ok(json) if json.len() > self.cfg.max_output => Err(
-                        InvokeError::output_too_large("the return value", self.cfg.max_output),
-                    ),
-                    Ok(json) => Ok(json),
+                // Written straight from the Python objects, stopped at MAX_OUTPUT_BYTES.
+                let mut out = Vec::new();
+                match convert::py_to_json(&obj, &mut out, self.cfg.max_output) {
+                    Ok(()) => Ok(Json::from_trusted(out)),
+                    Err(e) if e.is_too_large() => Err(InvokeError::output_too_large(
+                        "the return value",
+                        self.cfg.max_output,
+                    )),
                     Err(e) => {
                         tracing::warn!(
                             execution_id = %inv.execution_id,
