@@ -21,6 +21,10 @@ const EMBER_RUNTIME: &str = include_str!("../python/ember/_runtime.py");
 pub(crate) struct Runtime {
     /// `ember.Context`, built per invocation for two-parameter handlers.
     pub context: Py<PyAny>,
+    /// `ember.Response`: a return value of that class chooses status and headers.
+    pub response: Py<PyAny>,
+    /// `ember.Request`, for `context.request`.
+    pub request: Py<PyAny>,
     /// `ember._runtime.AsyncRunner`, one per worker thread that runs async handlers.
     pub async_runner: Py<PyAny>,
     /// `ember._runtime.describe(exc) -> (code | None, message)`.
@@ -57,6 +61,8 @@ fn register(py: Python<'_>) -> PyResult<Runtime> {
     runtime.getattr("install")?.call1((logs::python_level(),))?;
     Ok(Runtime {
         context: ember.getattr("Context")?.unbind(),
+        response: ember.getattr("Response")?.unbind(),
+        request: ember.getattr("Request")?.unbind(),
         async_runner: runtime.getattr("AsyncRunner")?.unbind(),
         describe: runtime.getattr("describe")?.unbind(),
         format_traceback: runtime.getattr("format_traceback")?.unbind(),

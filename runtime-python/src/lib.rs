@@ -31,6 +31,7 @@ pub mod convert;
 mod embed;
 mod errors;
 mod logs;
+mod output;
 mod threads;
 
 use std::path::PathBuf;
@@ -161,6 +162,10 @@ impl Handler for PythonHandler {
         } else {
             Ok(())
         }
+    }
+
+    fn wants_request_info(&self) -> bool {
+        self.pool.takes_context()
     }
 
     fn stuck_threads(&self) -> usize {

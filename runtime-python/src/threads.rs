@@ -20,12 +20,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
 use pyo3::{ffi, intern};
-use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Json};
+use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Payload};
 use tokio::sync::oneshot;
 
 use crate::embed::{self, Runtime};
-use crate::{convert, errors, logs, PythonConfig};
+use crate::{convert, errors, logs, output, PythonConfig};
 
 /// Worker stack: CPython's main thread gets 8 MiB; so do these, so deep recursion in a
 /// handler hits RecursionError, not a segfault. Only touched pages count as memory.
@@ -266,6 +267,11 @@ impl Pool {
         })
     }
 
+    /// Whether the loaded handler takes a context (and so may read `context.request`).
+    pub(crate) fn takes_context(&self) -> bool {
+        self.loaded.get().is_some_and(|l| l.takes_context)
+    }
+
     /// Threads abandoned past their deadline and still inside their job.
     pub(crate) fn stuck_threads(&self) -> usize {
         self.stuck_threads.load(Ordering::Acquire)
@@ -432,12 +438,15 @@ impl Pool {
         busy: Busy<'_>,
     ) -> InvokeResult {
         // Built straight from the request's bytes: no tree in between.
-        let request = convert::json_to_py(py, inv.payload.as_bytes()).map_err(|e| {
-            InvokeError::new(
-                ErrorCode::InvalidRequest,
-                format!("the payload cannot be passed to Python: {e}"),
-            )
-        })?;
+        let request = match &inv.payload {
+            Payload::Json(json) => convert::json_to_py(py, json.as_bytes()).map_err(|e| {
+                InvokeError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("the payload cannot be passed to Python: {e}"),
+                )
+            })?,
+            Payload::Binary(bytes) => PyBytes::new(py, bytes).into_any(),
+        };
         logs::begin_call(&inv.execution_id, inv.trace_id.as_deref());
         let func = loaded.func.bind(py);
         let out = if loaded.takes_context {
@@ -458,28 +467,17 @@ impl Pool {
         let interrupted = busy.finish(py);
         logs::end_call();
         match out {
-            Ok(obj) => {
-                // Written straight from the Python objects, stopped at MAX_OUTPUT_BYTES.
-                let mut out = Vec::new();
-                match convert::py_to_json(&obj, &mut out, self.cfg.max_output) {
-                    Ok(()) => Ok(Json::from_trusted(out)),
-                    Err(e) if e.is_too_large() => Err(InvokeError::output_too_large(
-                        "the return value",
-                        self.cfg.max_output,
-                    )),
-                    Err(e) => {
-                        tracing::warn!(
-                            execution_id = %inv.execution_id,
-                            trace_id = inv.trace_id.as_deref(),
-                            "handler returned a value that is not JSON: {e}"
-                        );
-                        Err(InvokeError::new(
-                            ErrorCode::OutputSerializationError,
-                            format!("the return value is not JSON-serialisable: {e}"),
-                        ))
-                    }
+            // Written straight from the Python objects, stopped at MAX_OUTPUT_BYTES.
+            Ok(obj) => output::from_return(loaded.rt, &obj, self.cfg.max_output).inspect_err(|e| {
+                if e.code == ErrorCode::OutputSerializationError {
+                    tracing::warn!(
+                        execution_id = %inv.execution_id,
+                        trace_id = inv.trace_id.as_deref(),
+                        "handler returned a value that is not JSON: {}",
+                        e.message
+                    );
                 }
-            }
+            }),
             Err(err) => Err(errors::handler_error(py, loaded.rt, &err, inv, interrupted)),
         }
     }
@@ -495,6 +493,20 @@ impl Pool {
         } else {
             inv.function_name.as_str()
         };
+        let request = match &inv.request {
+            Some(r) => {
+                let headers = PyDict::new(py);
+                for (name, value) in &r.headers {
+                    headers.set_item(name, value)?;
+                }
+                loaded
+                    .rt
+                    .request
+                    .bind(py)
+                    .call1((r.method.as_str(), r.path.as_str(), headers))?
+            }
+            None => py.None().into_bound(py),
+        };
         loaded.rt.context.bind(py).call1((
             inv.execution_id.as_str(),
             inv.trace_id.as_deref(),
@@ -502,6 +514,7 @@ impl Pool {
             function_name,
             inv.deadline_unix_ms,
             inv.cold_start,
+            request,
         ))
     }
 

@@ -70,7 +70,7 @@ impl ByDeadline for PythonHandler {
         let result: InvokeResult = tokio::time::timeout_at(deadline.into(), self.invoke(inv))
             .await
             .unwrap_or_else(|_| Err(InvokeError::timeout(&id, budget)));
-        result.map(|json| json.to_value())
+        result.map(|output| output.to_json().json.to_value())
     }
 }
 

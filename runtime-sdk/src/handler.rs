@@ -38,6 +38,13 @@ pub trait Handler: Send + Sync + 'static {
     /// that must act on a process or a thread.
     fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult>;
 
+    /// Whether invocations should carry the HTTP request's method, path and
+    /// headers (`Invocation::request`); copying them costs, so only a runner
+    /// that hands them on asks.
+    fn wants_request_info(&self) -> bool {
+        false
+    }
+
     fn health(&self) -> Health {
         Health::Ready
     }

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::Json;
+use crate::Payload;
 
 /// One call of the function: the payload and what the contract says travels
 /// with it (section 4 headers, section 9 context).
@@ -22,9 +22,12 @@ pub struct Invocation {
     /// True for the first invocation after start-up.
     pub cold_start: bool,
     pub function_name: String,
-    /// Any JSON value, passed through unchanged as the bytes it came as
-    /// (section 3).
-    pub payload: Json,
+    /// Any JSON value, passed through unchanged as the bytes it came as,
+    /// or raw bytes (section 3).
+    pub payload: Payload,
+    /// The HTTP request that carried it (warm mode), for handlers that
+    /// want its method, path and headers.
+    pub request: Option<std::sync::Arc<RequestInfo>>,
     /// Extra headers an `HTTP` runtime should see (lower-case names).
     pub headers: BTreeMap<String, String>,
     /// `deadline` minus when it was set, for the `TIMEOUT` message.
@@ -33,7 +36,11 @@ pub struct Invocation {
 
 impl Invocation {
     /// A new invocation whose deadline is `timeout` from now.
-    pub fn new(execution_id: impl Into<String>, payload: Json, timeout: Duration) -> Self {
+    pub fn new(
+        execution_id: impl Into<String>,
+        payload: impl Into<Payload>,
+        timeout: Duration,
+    ) -> Self {
         Invocation {
             execution_id: execution_id.into(),
             trace_id: None,
@@ -44,7 +51,8 @@ impl Invocation {
             deadline_unix_ms: unix_ms_in(timeout),
             cold_start: false,
             function_name: String::new(),
-            payload,
+            payload: payload.into(),
+            request: None,
             headers: BTreeMap::new(),
             budget: timeout,
         }
@@ -87,6 +95,16 @@ impl Invocation {
     }
 }
 
+/// The HTTP request of a warm invocation, as a handler sees it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    pub method: String,
+    /// Path and query, as sent.
+    pub path: String,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+}
+
 fn unix_ms_in(d: Duration) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -97,6 +115,7 @@ fn unix_ms_in(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Json;
 
     #[test]
     fn deadline_only_moves_earlier() {

@@ -4,19 +4,18 @@
 //! function — implements [`Handler`]; the watchdog's modes only ever talk to
 //! that trait.
 
+mod body;
 mod error;
 mod handler;
 mod invocation;
 mod json;
 pub mod names;
 
+pub use body::{AsJson, Body, Output, Payload};
 pub use error::{ErrorCode, InvokeError};
 pub use handler::{BoxFuture, Handler, Health};
-pub use invocation::Invocation;
+pub use invocation::{Invocation, RequestInfo};
 pub use json::Json;
-
-/// A function's output: JSON text, kept as bytes.
-pub type Output = Json;
 
 /// What one invocation ends with.
 pub type InvokeResult = Result<Output, InvokeError>;

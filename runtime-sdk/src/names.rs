@@ -33,6 +33,7 @@ pub const MAX_OUTPUT_BYTES: &str = "MAX_OUTPUT_BYTES";
 pub const MAX_CONCURRENCY: &str = "MAX_CONCURRENCY";
 pub const QUEUE_DEPTH: &str = "QUEUE_DEPTH";
 pub const INVOKE_TOKEN: &str = "INVOKE_TOKEN";
+pub const INVOKE_METHODS: &str = "INVOKE_METHODS";
 
 // Callback (section 6).
 pub const CALLBACK_URL: &str = "CALLBACK_URL";

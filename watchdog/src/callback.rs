@@ -31,9 +31,15 @@ pub fn complete_url(base: &url::Url, execution_id: &str) -> Result<url::Url, Str
 pub fn result_body(result: &InvokeResult) -> Vec<u8> {
     match result {
         Ok(output) => {
-            let mut body = Vec::with_capacity(output.len() + 40);
+            // Bytes travel as a base64 string, marked so (README, "Binary payloads").
+            let as_json = output.to_json();
+            let mut body = Vec::with_capacity(as_json.json.len() + 64);
             body.extend_from_slice(b"{\"success\":true,\"output\":");
-            body.extend_from_slice(output.as_bytes());
+            body.extend_from_slice(as_json.json.as_bytes());
+            if let Some(encoding) = as_json.encoding {
+                body.extend_from_slice(b",\"output_encoding\":");
+                serde_json::to_writer(&mut body, encoding).expect("a str serialises");
+            }
             body.extend_from_slice(b",\"error\":null}");
             body
         }
@@ -261,8 +267,9 @@ mod tests {
 
     #[test]
     fn body_has_success_output_error() {
-        let ok: InvokeResult =
-            Ok(runtime_sdk::Json::parse("{\"n\": 1.000000000000000000001}").unwrap());
+        let ok: InvokeResult = Ok(runtime_sdk::Json::parse("{\"n\": 1.000000000000000000001}")
+            .unwrap()
+            .into());
         assert_eq!(
             String::from_utf8(result_body(&ok)).unwrap(),
             "{\"success\":true,\"output\":{\"n\": 1.000000000000000000001},\"error\":null}"

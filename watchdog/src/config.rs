@@ -193,6 +193,9 @@ struct Args {
     /// Warm: invocations waiting for a slot before 429 [default: 4 x MAX_CONCURRENCY]
     #[arg(long, env = names::QUEUE_DEPTH, value_parser = parse_count)]
     queue_depth: Option<u64>,
+    /// Warm: HTTP methods /invoke accepts, comma-separated (GET, POST, PUT, PATCH, DELETE)
+    #[arg(long, env = names::INVOKE_METHODS, default_value = "POST")]
+    invoke_methods: String,
     /// Warm: bearer token required on /invoke
     #[arg(long, env = names::INVOKE_TOKEN, hide_env_values = true)]
     invoke_token: Option<String>,
@@ -287,10 +290,52 @@ pub struct WarmConfig {
     pub max_concurrency: usize,
     pub queue_depth: usize,
     pub invoke_token: Option<String>,
+    /// `INVOKE_METHODS`: the methods `/invoke` accepts (405 for others).
+    pub invoke_methods: Vec<InvokeMethod>,
     /// Fallback when a request has no `X-Execution-Id`.
     pub execution_id: Option<String>,
     pub drain_timeout: Duration,
     pub allowed_callback_origins: AllowedOrigins,
+}
+
+/// A method `/invoke` may accept (`INVOKE_METHODS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokeMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+fn parse_methods(text: &str) -> Result<Vec<InvokeMethod>, ConfigError> {
+    let mut methods = Vec::new();
+    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let m =
+            match word.to_ascii_uppercase().as_str() {
+                "GET" => InvokeMethod::Get,
+                "POST" => InvokeMethod::Post,
+                "PUT" => InvokeMethod::Put,
+                "PATCH" => InvokeMethod::Patch,
+                "DELETE" => InvokeMethod::Delete,
+                _ => return Err(ConfigError::invalid(
+                    names::INVOKE_METHODS,
+                    text,
+                    "accepted: a comma-separated list of GET, POST, PUT, PATCH, DELETE (any case)",
+                )),
+            };
+        if !methods.contains(&m) {
+            methods.push(m);
+        }
+    }
+    if methods.is_empty() {
+        return Err(ConfigError::invalid(
+            names::INVOKE_METHODS,
+            text,
+            "accepted: at least one of GET, POST, PUT, PATCH, DELETE",
+        ));
+    }
+    Ok(methods)
 }
 
 #[derive(Debug, Clone)]
@@ -679,6 +724,7 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
                 .map(|n| n as usize)
                 .unwrap_or(4 * max_concurrency),
             invoke_token: a.invoke_token.clone().filter(|t| !t.is_empty()),
+            invoke_methods: parse_methods(&a.invoke_methods)?,
             execution_id: a.execution_id.clone(),
             drain_timeout: ms(a.drain_timeout_ms),
             allowed_callback_origins,

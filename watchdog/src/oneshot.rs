@@ -101,7 +101,7 @@ async fn execute(
     payload: Result<Json, InvokeError>,
     mut inv: Invocation,
 ) -> InvokeResult {
-    inv.payload = payload?;
+    inv.payload = payload?.into();
     validator.check_input(&inv.payload)?;
     let started = std::time::Instant::now();
     handler.start().await?;
@@ -199,7 +199,7 @@ fn print_result(
             }
         }
         OneshotOutput::Output => match result {
-            Ok(output) => output.as_bytes().to_vec(),
+            Ok(output) => output.to_json().json.as_bytes().to_vec(),
             Err(e) => serde_json::to_vec(&e.to_body()).expect("an error body serialises"),
         },
     };

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use runtime_sdk::{names, ErrorCode, InvokeError, Json};
+use runtime_sdk::{names, ErrorCode, InvokeError, Output, Payload};
 use serde_json::Value;
 
 use crate::config::{ConfigError, SchemaConfig};
@@ -32,29 +32,41 @@ impl Validator {
 
     /// `INVALID_REQUEST` when the payload breaks `INPUT_SCHEMA`. The tree
     /// the schema needs is built only when a schema is set.
-    pub fn check_input(&self, payload: &Json) -> Result<(), InvokeError> {
-        match &self.input {
-            None => Ok(()),
-            Some(v) => check(v, &payload.to_value()).map_err(|places| {
-                InvokeError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("the payload does not match INPUT_SCHEMA: {places}"),
-                )
-            }),
-        }
+    pub fn check_input(&self, payload: &Payload) -> Result<(), InvokeError> {
+        let Some(v) = &self.input else {
+            return Ok(());
+        };
+        let Some(payload) = payload.as_json() else {
+            return Err(InvokeError::new(
+                ErrorCode::InvalidRequest,
+                "INPUT_SCHEMA is set, and a binary (application/octet-stream) payload cannot be checked against it: send JSON",
+            ));
+        };
+        check(v, &payload.to_value()).map_err(|places| {
+            InvokeError::new(
+                ErrorCode::InvalidRequest,
+                format!("the payload does not match INPUT_SCHEMA: {places}"),
+            )
+        })
     }
 
     /// `OUTPUT_VALIDATION_ERROR` when the output breaks `OUTPUT_SCHEMA`.
-    pub fn check_output(&self, output: &Json) -> Result<(), InvokeError> {
-        match &self.output {
-            None => Ok(()),
-            Some(v) => check(v, &output.to_value()).map_err(|places| {
-                InvokeError::new(
-                    ErrorCode::OutputValidationError,
-                    format!("the output does not match OUTPUT_SCHEMA: {places}"),
-                )
-            }),
-        }
+    pub fn check_output(&self, output: &Output) -> Result<(), InvokeError> {
+        let Some(v) = &self.output else {
+            return Ok(());
+        };
+        let Some(output) = output.as_json() else {
+            return Err(InvokeError::new(
+                ErrorCode::OutputValidationError,
+                "OUTPUT_SCHEMA is set, and the output is not JSON (raw bytes or text)",
+            ));
+        };
+        check(v, &output.to_value()).map_err(|places| {
+            InvokeError::new(
+                ErrorCode::OutputValidationError,
+                format!("the output does not match OUTPUT_SCHEMA: {places}"),
+            )
+        })
     }
 }
 
@@ -129,6 +141,7 @@ fn compile_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runtime_sdk::Json;
     use serde_json::json;
 
     fn validator(input: &str) -> Validator {
@@ -145,10 +158,10 @@ mod tests {
             r#"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"string"}},"required":["a"]}"#,
         );
         assert!(v
-            .check_input(&Json::from(json!({"a": 1, "b": "x"})))
+            .check_input(&Payload::Json(Json::from(json!({"a": 1, "b": "x"}))))
             .is_ok());
         let e = v
-            .check_input(&Json::from(json!({"a": "one", "b": 2})))
+            .check_input(&Payload::Json(Json::from(json!({"a": "one", "b": 2}))))
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(e.message.contains("/a"), "{}", e.message);
@@ -163,8 +176,12 @@ mod tests {
         let main = dir.join("main.json");
         std::fs::write(&main, r#"{"properties": {"a": {"$ref": "int.json"}}}"#).unwrap();
         let v = validator(main.to_str().unwrap());
-        assert!(v.check_input(&Json::from(json!({"a": 1}))).is_ok());
-        let e = v.check_input(&Json::from(json!({"a": "x"}))).unwrap_err();
+        assert!(v
+            .check_input(&Payload::Json(Json::from(json!({"a": 1}))))
+            .is_ok());
+        let e = v
+            .check_input(&Payload::Json(Json::from(json!({"a": "x"}))))
+            .unwrap_err();
         assert!(e.message.contains("/a"), "{}", e.message);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::Request;
-use runtime_sdk::{BoxFuture, ErrorCode, Handler, Invocation, InvokeError, InvokeResult};
+use runtime_sdk::{BoxFuture, ErrorCode, Handler, Invocation, InvokeError, InvokeResult, Json};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -32,7 +32,8 @@ impl Handler for Fake {
 
     fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult> {
         Box::pin(async move {
-            let v = inv.payload.to_value();
+            let json = inv.payload.as_json().cloned().unwrap_or_else(Json::null);
+            let v = json.to_value();
             if v == json!("panic") {
                 panic!("the fake runner panics on purpose");
             }
@@ -44,7 +45,7 @@ impl Handler for Fake {
                     return Err(InvokeError::output_too_large("the fake output", 1024));
                 }
             }
-            Ok(inv.payload)
+            Ok(json.into())
         })
     }
 }
@@ -85,6 +86,7 @@ async fn stack(max_concurrency: usize, timeout: Duration) -> Stack {
         max_concurrency,
         queue_depth: 4,
         invoke_token: None,
+        invoke_methods: vec![watchdog::config::InvokeMethod::Post],
         execution_id: None,
         drain_timeout: Duration::from_millis(200),
         allowed_callback_origins: AllowedOrigins::Any,

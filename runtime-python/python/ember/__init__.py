@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Optional
 
-__all__ = ["Context", "FunctionError"]
+__all__ = ["Context", "FunctionError", "Request", "Response"]
 
 
 class FunctionError(Exception):
@@ -42,6 +42,51 @@ class FunctionError(Exception):
         return f"{self.code}: {self.message}" if self.message else self.code
 
 
+class Response:
+    """An HTTP-shaped answer (warm mode): `return ember.Response(body, status=201,
+    headers={"Location": "/items/7"}, content_type="text/html")`.
+
+    `body` is sent as JSON (any JSON-serialisable value), as raw bytes (`bytes`:
+    `application/octet-stream` unless `content_type` says otherwise), or as text (a `str`
+    with a `text/*` `content_type`). `status` is 200 to 499. Hop-by-hop headers,
+    `Content-Length` and `X-Execution-Id` are dropped. A callback carries the body as the
+    output (bytes as base64, see the README); one-shot mode ignores status and headers.
+    """
+
+    __slots__ = ("body", "status", "headers", "content_type")
+
+    def __init__(self, body=None, status: int = 200, headers=None, content_type=None) -> None:
+        if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 499:
+            raise ValueError(f"Response status must be an int from 200 to 499, not {status!r}")
+        if headers is not None and not isinstance(headers, dict):
+            raise TypeError("Response headers must be a dict of str to str")
+        if content_type is not None and not isinstance(content_type, str):
+            raise TypeError("Response content_type must be a str")
+        self.body = body
+        self.status = status
+        self.headers = dict(headers or {})
+        self.content_type = content_type
+
+    def __repr__(self) -> str:
+        return f"Response(status={self.status!r}, content_type={self.content_type!r})"
+
+
+class Request:
+    """The HTTP request that carried a warm invocation: `context.request.method`,
+    `.path` (with the query), `.headers` (a dict, names in lower case). `None` in one-shot
+    mode."""
+
+    __slots__ = ("method", "path", "headers")
+
+    def __init__(self, method: str, path: str, headers: dict) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"Request(method={self.method!r}, path={self.path!r})"
+
+
 class Context:
     """What travels with one invocation; the second argument of `handle(request, context)`.
 
@@ -58,6 +103,7 @@ class Context:
         "function_name",
         "deadline_ms",
         "cold_start",
+        "request",
         "_logger",
     )
 
@@ -69,6 +115,7 @@ class Context:
         function_name: str = "",
         deadline_ms: int = 0,
         cold_start: bool = False,
+        request: Optional[Request] = None,
     ) -> None:
         self.execution_id = execution_id
         self.trace_id = trace_id
@@ -76,6 +123,7 @@ class Context:
         self.function_name = function_name
         self.deadline_ms = deadline_ms
         self.cold_start = cold_start
+        self.request = request
         self._logger: Optional[logging.LoggerAdapter] = None
 
     def remaining_ms(self) -> int:

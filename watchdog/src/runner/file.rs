@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use runtime_sdk::{names, BoxFuture, ErrorCode, Handler, Invocation, InvokeError, InvokeResult};
+use runtime_sdk::{
+    names, BoxFuture, ErrorCode, Handler, Invocation, InvokeError, InvokeResult, Output,
+};
 use tokio::io::AsyncReadExt;
 
 use super::process::{self, GroupGuard, Tail, PIPE_GRACE};
@@ -125,7 +127,11 @@ impl FileRunner {
             return Err(process::exit_error(status, &tail.lock().unwrap().text()));
         }
         let bytes = read_output(output, self.cfg.process.max_output).await?;
-        process::parse_output(bytes)
+        if inv.payload.is_binary() {
+            // Bytes in, bytes out (section 3): the file as it is.
+            return Ok(Output::raw(bytes, process::OCTET_STREAM));
+        }
+        process::parse_output(bytes).map(Output::from)
     }
 }
 

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use runtime_sdk::names::header;
 use runtime_sdk::{
     names, BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult, Json,
+    Output,
 };
 use tokio::sync::watch;
 
@@ -162,7 +163,14 @@ impl HttpRunner {
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.runtime_uri.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static(if inv.payload.is_binary() {
+                    process::OCTET_STREAM
+                } else {
+                    "application/json"
+                }),
+            );
         let forwarded = [
             (header::EXECUTION_ID, Some(&inv.execution_id)),
             (header::TRACE_ID, inv.trace_id.as_ref()),
@@ -222,10 +230,10 @@ impl HttpRunner {
                 ),
             ));
         }
-        Ok(match Json::parse(bytes.clone()) {
+        Ok(Output::json(match Json::parse(bytes.clone()) {
             Ok(json) => json,
             Err(_) => Json::string(&String::from_utf8_lossy(&bytes)),
-        })
+        }))
     }
 }
 

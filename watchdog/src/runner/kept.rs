@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use runtime_sdk::{
-    BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult, Json,
+    BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult, Json, Output,
 };
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
@@ -216,6 +216,13 @@ impl LoopRunner {
     }
 
     async fn call(&self, inv: Invocation) -> InvokeResult {
+        if inv.payload.is_binary() {
+            // Section 8's request is a JSON line: there is no place for raw bytes.
+            return Err(InvokeError::new(
+                ErrorCode::InvalidRequest,
+                "a LOOP child takes JSON lines: send this payload as JSON, not application/octet-stream",
+            ));
+        }
         let budget = inv.remaining();
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -535,7 +542,20 @@ fn parse_result(line: &[u8], expected_id: &str) -> Result<InvokeResult, String> 
         }
     }
     match result.output {
-        Some(raw) => Ok(Ok(Json::from_trusted(raw.get().to_owned()))),
+        Some(raw) => {
+            // An HTTP-shaped answer (section 8): a status and headers beside the output.
+            let mut output = Output::json(Json::from_trusted(raw.get().to_owned()));
+            if let Some(status) = result.status {
+                if !(200..=499).contains(&status) {
+                    return Err(format!(
+                        "the LOOP child's \"status\" must be from 200 to 499, not {status}"
+                    ));
+                }
+                output.status = Some(status);
+            }
+            output.headers = result.headers.unwrap_or_default().into_iter().collect();
+            Ok(Ok(output))
+        }
         None => Err(format!(
             "the LOOP child's result line has neither \"output\" nor \"error\": {:?}",
             shown()
@@ -550,6 +570,8 @@ struct ResultLine {
     #[serde(default, deserialize_with = "present")]
     output: Option<Box<RawValue>>,
     error: Option<Value>,
+    status: Option<u16>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `Some` whenever the field is there, `null` included (`Option` alone

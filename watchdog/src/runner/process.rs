@@ -18,6 +18,9 @@ use tracing::{Instrument, Span};
 use crate::config::ProcessConfig;
 use crate::reaper;
 
+/// The content type of raw bytes (section 3).
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
 /// How much of stderr an error message keeps (contract section 2).
 pub const STDERR_TAIL_BYTES: usize = 4096;
 

@@ -4,10 +4,10 @@
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use runtime_sdk::{BoxFuture, ErrorCode, Handler, Invocation, InvokeError, InvokeResult};
+use runtime_sdk::{BoxFuture, ErrorCode, Handler, Invocation, InvokeError, InvokeResult, Output};
 use tokio::io::AsyncWriteExt;
 
-use super::process::{self, GroupGuard, Tail, PIPE_GRACE};
+use super::process::{self, GroupGuard, Tail, OCTET_STREAM, PIPE_GRACE};
 use crate::config::ProcessConfig;
 
 pub struct StdioRunner {
@@ -41,6 +41,7 @@ impl StdioRunner {
         let mut stdin = child.stdin.take().expect("piped");
         // The bytes as they arrived: no copy, every digit kept.
         let payload = inv.payload.bytes();
+        let inv_binary = inv.payload.is_binary();
         // Written in its own task: a child that never reads stdin must not
         // hold up the wait below; a closed pipe is the child's business.
         let writer = tokio::spawn(async move {
@@ -85,8 +86,10 @@ impl StdioRunner {
             }
             Ok(_) => match out {
                 Some(Err(())) => Err(InvokeError::output_too_large("stdout", self.cfg.max_output)),
-                Some(Ok(bytes)) => process::parse_output(bytes),
-                None => process::parse_output(Vec::new()),
+                // Bytes in, bytes out (section 3): stdout as it is.
+                Some(Ok(bytes)) if inv_binary => Ok(Output::raw(bytes, OCTET_STREAM)),
+                Some(Ok(bytes)) => process::parse_output(bytes).map(Output::from),
+                None => process::parse_output(Vec::new()).map(Output::from),
             },
         }
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use http_body_util::BodyExt;
-use hyper::header::CONTENT_LENGTH;
-use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeError, Json};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeError, Json, Payload, RequestInfo};
 use tower::{Layer, Service};
 
 use super::admission::{Admitted, Ticket};
@@ -80,6 +80,15 @@ async fn read(req: HttpRequest, limit: usize) -> Result<bytes::Bytes, InvokeErro
     Ok(buf.freeze())
 }
 
+/// `Content-Type: application/octet-stream`, parameters and case aside.
+fn is_octet_stream(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"))
+}
+
 impl<S> ReadBody<S> {
     async fn accept(
         state: &State,
@@ -95,6 +104,27 @@ impl<S> ReadBody<S> {
             return Err(p.clone());
         }
         let (deadline, budget) = meta.deadline(state.timeout);
+        let binary = is_octet_stream(req.headers());
+        // Copied only for a handler that looks at it (Python's context.request).
+        let request = state.handler.wants_request_info().then(|| {
+            Arc::new(RequestInfo {
+                method: req.method().to_string(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| req.uri().path().to_owned(), |p| p.to_string()),
+                headers: req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+            })
+        });
         // The body must be in by the deadline too: a client that trickles it
         // cannot hold its place for longer than the invocation could run.
         let bytes =
@@ -118,8 +148,15 @@ impl<S> ReadBody<S> {
                 "missing X-Execution-Id header (and no EXECUTION_ID fallback is set)".into(),
             ));
         };
-        let payload = Json::parse_or_null(bytes)
-            .map_err(|e| invalid(format!("the request body is not valid JSON: {e}")))?;
+        // Section 3: raw bytes only when the request says so; any other
+        // request is JSON whatever its Content-Type (`curl -d` sends a form type).
+        let payload = if binary {
+            Payload::Binary(bytes)
+        } else {
+            Json::parse_or_null(bytes)
+                .map(Payload::Json)
+                .map_err(|e| invalid(format!("the request body is not valid JSON: {e}")))?
+        };
         state.validator.check_input(&payload)?;
 
         let mut inv = Invocation::new(execution_id, payload, budget);
@@ -129,6 +166,7 @@ impl<S> ReadBody<S> {
         inv.traceparent = meta.traceparent.clone();
         inv.attempt = meta.attempt;
         inv.idempotency_key = meta.idempotency_key.clone();
+        inv.request = request;
         Ok(Accepted { inv, ticket, meta })
     }
 }

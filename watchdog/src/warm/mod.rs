@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State as Extract;
-use axum::routing::{get, post_service};
+use axum::routing::{get, on_service, MethodFilter};
 use axum::Router;
 use hyper::StatusCode;
 use runtime_sdk::{ErrorCode, Handler, Health, InvokeError, InvokeResult};
@@ -30,7 +30,7 @@ use tower::ServiceBuilder;
 pub use state::State;
 
 use crate::callback::CallbackClient;
-use crate::config::{Config, WarmConfig};
+use crate::config::{Config, InvokeMethod, WarmConfig};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::validate::Validator;
@@ -86,10 +86,31 @@ fn invoke_service(
         .service(dispatch::Dispatch::new(state.clone()))
 }
 
+/// `INVOKE_METHODS` as a router filter; other methods get 405 with `Allow`.
+fn invoke_filter(methods: &[InvokeMethod]) -> MethodFilter {
+    methods
+        .iter()
+        .map(|m| match m {
+            InvokeMethod::Get => MethodFilter::GET,
+            InvokeMethod::Post => MethodFilter::POST,
+            InvokeMethod::Put => MethodFilter::PUT,
+            InvokeMethod::Patch => MethodFilter::PATCH,
+            InvokeMethod::Delete => MethodFilter::DELETE,
+        })
+        .reduce(MethodFilter::or)
+        .unwrap_or(MethodFilter::POST)
+}
+
 /// The whole HTTP surface; tests drive it with `oneshot`.
 pub fn app(state: Arc<State>) -> Router {
     Router::new()
-        .route("/invoke", post_service(invoke_service(&state)))
+        .route(
+            "/invoke",
+            on_service(
+                invoke_filter(&state.config.invoke_methods),
+                invoke_service(&state),
+            ),
+        )
         .route("/health", get(health))
         .route("/_/health", get(health))
         .route("/_/ready", get(health))

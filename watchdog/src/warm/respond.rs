@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::StatusCode;
 use runtime_sdk::names::header;
-use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
+use runtime_sdk::{BoxFuture, ErrorCode, InvokeError, Output};
 use tower::{Layer, Service};
 
 use super::meta::RequestMeta;
@@ -58,6 +58,72 @@ pub fn json_response(status: StatusCode, body: impl Into<Body>) -> HttpResponse 
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Headers a function may not set: hop-by-hop ones (RFC 9110 section 7.6.1),
+/// those the server computes, and the watchdog's own.
+const NOT_FROM_FUNCTIONS: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    header::EXECUTION_ID,
+];
+
+/// A function's answer: its body with its content type, and the status and
+/// headers it chose (section 3; `ember.Response`, a `LOOP` line).
+fn output_response(output: Output) -> HttpResponse {
+    let status = output
+        .status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut resp = match output.body {
+        runtime_sdk::Body::Json(json) => json_response(status, json.bytes()),
+        runtime_sdk::Body::Raw {
+            bytes,
+            content_type,
+        } => {
+            let mut resp = json_response(status, bytes);
+            match HeaderValue::from_str(&content_type) {
+                Ok(ct) => resp.headers_mut().insert(CONTENT_TYPE, ct),
+                Err(_) => {
+                    tracing::warn!(content_type, "the function's content type is not a valid header value; sent as application/octet-stream");
+                    resp.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    )
+                }
+            };
+            resp
+        }
+    };
+    for (name, value) in output.headers {
+        let name = name.to_ascii_lowercase();
+        if NOT_FROM_FUNCTIONS.contains(&name.as_str()) {
+            tracing::debug!(header = name, "header dropped: a function may not set it");
+            continue;
+        }
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                if n == CONTENT_TYPE {
+                    resp.headers_mut().insert(n, v);
+                } else {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+            _ => tracing::warn!(header = name, "header dropped: not a valid HTTP header"),
+        }
+    }
     resp
 }
 
@@ -129,7 +195,7 @@ where
                 }
                 Outcome::Completed { result, cold_start } => {
                     let mut resp = match result {
-                        Ok(output) => json_response(StatusCode::OK, output.bytes()),
+                        Ok(output) => output_response(output),
                         Err(e) => {
                             if matches!(e.code, ErrorCode::HandlerError) {
                                 tracing::warn!(code = %e.code, error = %e.message, "invocation failed");
@@ -178,7 +244,10 @@ fn alyx_response(
             resp
         }
         Outcome::Completed { result, .. } => match &result {
-            Ok(output) => json_response(StatusCode::OK, alyx::answer(request_id, Ok(output), took)),
+            Ok(output) => json_response(
+                StatusCode::OK,
+                alyx::answer(request_id, Ok(&output.to_json().json), took),
+            ),
             Err(e) => {
                 tracing::info!(code = %e.code, error = %e.message, "invocation failed");
                 json_response(
