@@ -66,6 +66,21 @@ def test_a_disconnect_without_a_callback_target_stops_the_child():
         assert env_ok.status_code == 504
 
 
+def test_a_disconnect_without_a_callback_target_stops_a_python_handler_at_once(tmp_path):
+    marker = tmp_path / "stopped"
+    env = clean_env(EXECUTION_MODE="PYTHON", HANDLER_PATH=FIXTURES / "python",
+                    HANDLER_MODULE="handlers", HANDLER_FUNCTION="spin_until_stopped",
+                    MAX_CONCURRENCY=1, TIMEOUT_MS=30000)
+    with Warm(env) as w:
+        gone = time.time()
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            w.post(json={"marker": str(marker)}, timeout=0.5)
+        # Stopped long before its 30 s deadline, and the only slot serves again.
+        wait_until(marker.exists, 5)
+        assert float(marker.read_text()) - gone < 5
+        wait_until(lambda: metric(w, "watchdog_client_disconnects_total") == 1, 5)
+
+
 # -- 2. SIGTERM with the default settings loses nothing ----------------------
 
 def test_sigterm_during_a_long_invocation_with_the_defaults_answers_cancelled():

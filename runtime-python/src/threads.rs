@@ -533,7 +533,8 @@ impl Pool {
     }
 
     fn interrupt(self: &Arc<Pool>, seq: u64, execution_id: &str, deadline: Instant) {
-        // A caller that went away early (client gone) leaves the handler its full time.
+        // `deadline` is when to stop it: the invocation's deadline, or now when the
+        // watchdog gave up on it earlier (a client gone with no callback target, a drain).
         thread::sleep(deadline.saturating_duration_since(Instant::now()));
         let grace = self.cfg.kill_grace;
         let Some(slot) = self.slot_running(seq) else {
@@ -699,7 +700,7 @@ impl Drop for Busy<'_> {
 /// An invocation whose caller may stop waiting. Dropped while still waiting for its
 /// answer (the deadline passed, or the caller's future was dropped), it closes the
 /// answer channel first, so a job not yet started is skipped, and has a job already
-/// running stopped at its deadline.
+/// running stopped: at its deadline, or at once when it was cancelled before it.
 struct Pending<'a> {
     pool: &'a Arc<Pool>,
     seq: u64,
@@ -717,11 +718,11 @@ impl Drop for Pending<'_> {
         // checks the channel, so either it sees the channel closed or we see it busy.
         drop(answer);
         if self.pool.slot_running(self.seq).is_some() {
-            self.pool.interrupt_later(
-                self.seq,
-                std::mem::take(&mut self.execution_id),
-                self.deadline,
-            );
+            // Dropped before its deadline, the invocation was cancelled: nobody will
+            // read its result, so the handler is stopped now and its thread freed.
+            let stop_at = self.deadline.min(Instant::now());
+            self.pool
+                .interrupt_later(self.seq, std::mem::take(&mut self.execution_id), stop_at);
         }
     }
 }
