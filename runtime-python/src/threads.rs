@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use pyo3::{ffi, intern};
-use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Payload};
+use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Json, Output, Payload};
 use tokio::sync::oneshot;
 
 use crate::embed::{self, Runtime};
@@ -404,7 +404,7 @@ impl Pool {
     }
 
     /// Runs a job; returns its answer for the caller of `worker` to send.
-    fn run(&self, py: Python<'_>, slot: &Slot, call: Call) -> Option<Answer> {
+    fn run(self: &Arc<Pool>, py: Python<'_>, slot: &Slot, call: Call) -> Option<Answer> {
         let Call { seq, inv, reply } = call;
         let Some(loaded) = self.loaded.get() else {
             let not_loaded =
@@ -424,27 +424,34 @@ impl Pool {
                 Err(InvokeError::timeout(&inv.execution_id, inv.budget())),
             ));
         }
-        let result = self.call(py, slot, loaded, seq, &inv, busy);
-        Some((reply, result))
+        self.call_handler(py, slot, loaded, seq, &inv, busy, reply)
     }
 
-    fn call(
-        &self,
+    /// Calls the handler; a generator's values are streamed from here (the answer is
+    /// then already sent: `None`).
+    #[allow(clippy::too_many_arguments)]
+    fn call_handler(
+        self: &Arc<Pool>,
         py: Python<'_>,
         slot: &Slot,
         loaded: &Loaded,
         seq: u64,
         inv: &Invocation,
         busy: Busy<'_>,
-    ) -> InvokeResult {
+        reply: oneshot::Sender<InvokeResult>,
+    ) -> Option<Answer> {
         // Built straight from the request's bytes: no tree in between.
         let request = match &inv.payload {
-            Payload::Json(json) => convert::json_to_py(py, json.as_bytes()).map_err(|e| {
-                InvokeError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("the payload cannot be passed to Python: {e}"),
-                )
-            })?,
+            Payload::Json(json) => match convert::json_to_py(py, json.as_bytes()) {
+                Ok(obj) => obj,
+                Err(e) => {
+                    let e = InvokeError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("the payload cannot be passed to Python: {e}"),
+                    );
+                    return Some((reply, Err(e)));
+                }
+            },
             Payload::Binary(bytes) => PyBytes::new(py, bytes).into_any(),
         };
         logs::begin_call(&inv.execution_id, inv.trace_id.as_deref());
@@ -464,9 +471,22 @@ impl Pool {
                 Ok(obj)
             }
         });
+        if let Ok(obj) = &out {
+            // SAFETY: type checks on a live object, GIL held.
+            let (sync_gen, async_gen) = unsafe {
+                (
+                    ffi::PyGen_Check(obj.as_ptr()) != 0,
+                    ffi::PyAsyncGen_CheckExact(obj.as_ptr()) != 0,
+                )
+            };
+            if sync_gen || async_gen {
+                self.stream(py, slot, loaded, seq, inv, busy, obj, async_gen, reply);
+                return None;
+            }
+        }
         let interrupted = busy.finish(py);
         logs::end_call();
-        match out {
+        let result = match out {
             // Written straight from the Python objects, stopped at MAX_OUTPUT_BYTES.
             Ok(obj) => output::from_return(loaded.rt, &obj, self.cfg.max_output).inspect_err(|e| {
                 if e.code == ErrorCode::OutputSerializationError {
@@ -479,6 +499,97 @@ impl Pool {
                 }
             }),
             Err(err) => Err(errors::handler_error(py, loaded.rt, &err, inv, interrupted)),
+        };
+        Some((reply, result))
+    }
+
+    /// Streams a generator's values (sync or async) to the caller as they come. The
+    /// answer is a stream sent at once; each value is written to JSON and handed over
+    /// through a channel of one, so a slow reader holds the generator back. The
+    /// deadline reaches the generator as `TimeoutError` (the stream then ends with a
+    /// `TIMEOUT` error), `MAX_OUTPUT_BYTES` counts the whole stream, and a reader that
+    /// goes away closes the generator (`GeneratorExit`, its `finally` runs).
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        self: &Arc<Pool>,
+        py: Python<'_>,
+        slot: &Slot,
+        loaded: &Loaded,
+        seq: u64,
+        inv: &Invocation,
+        busy: Busy<'_>,
+        gen: &Bound<'_, PyAny>,
+        is_async: bool,
+        reply: oneshot::Sender<InvokeResult>,
+    ) {
+        if is_async {
+            busy.mark_async();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Json, InvokeError>>(1);
+        let reader_here = reply
+            .send(Ok(Output::stream(Box::pin(Received(rx)))))
+            .is_ok();
+        // The deadline must act on this thread while it iterates.
+        self.interrupt_later(seq, inv.execution_id.clone(), inv.deadline);
+        let limit = self.cfg.max_output;
+        let mut total = 0usize;
+        let mut failure: Option<InvokeError> = None;
+        let mut raised: Option<PyErr> = None;
+        let mut close = !reader_here;
+        while !close {
+            match next_value(py, slot, loaded, gen, is_async, seq) {
+                Ok(Some(item)) => {
+                    let mut out = Vec::new();
+                    match convert::py_to_json(&item, &mut out, limit - total) {
+                        Ok(()) => {
+                            total += out.len();
+                            if !send(py, &tx, Ok(Json::from_trusted(out)), inv.deadline) {
+                                close = true; // the reader is gone
+                            }
+                        }
+                        Err(e) if e.is_too_large() => {
+                            failure = Some(InvokeError::output_too_large("the stream", limit));
+                            close = true;
+                        }
+                        Err(e) => {
+                            failure = Some(InvokeError::new(
+                                ErrorCode::OutputSerializationError,
+                                format!("a streamed value is not JSON-serialisable: {e}"),
+                            ));
+                            close = true;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    raised = Some(e);
+                    break;
+                }
+            }
+        }
+        if close {
+            // GeneratorExit in the generator: its `finally` blocks run now.
+            let closed = if is_async {
+                gen.call_method0(intern!(py, "aclose")).and_then(|coro| {
+                    runner(py, slot, loaded.rt)?.call_method1(intern!(py, "run"), (coro, seq))
+                })
+            } else {
+                gen.call_method0(intern!(py, "close"))
+            };
+            if let Err(e) = closed {
+                tracing::debug!(execution_id = %inv.execution_id, "closing the generator raised: {e}");
+            }
+        }
+        let interrupted = busy.finish(py);
+        logs::end_call();
+        if let Some(e) = raised {
+            failure = Some(errors::handler_error(py, loaded.rt, &e, inv, interrupted));
+            if interrupted {
+                failure = Some(InvokeError::timeout(&inv.execution_id, inv.budget()));
+            }
+        }
+        if let Some(e) = failure {
+            send(py, &tx, Err(e), inv.deadline + self.cfg.kill_grace);
         }
     }
 
@@ -591,6 +702,78 @@ impl Pool {
             .iter()
             .find(|s| lock(&s.running).as_ref().is_some_and(|r| r.seq == seq))
             .cloned()
+    }
+}
+
+/// The next value of a generator: `None` once it is exhausted.
+fn next_value<'py>(
+    py: Python<'py>,
+    slot: &Slot,
+    loaded: &Loaded,
+    gen: &Bound<'py, PyAny>,
+    is_async: bool,
+    seq: u64,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
+    let next = if is_async {
+        gen.call_method0(intern!(py, "__anext__")).and_then(|coro| {
+            runner(py, slot, loaded.rt)?.call_method1(intern!(py, "run"), (coro, seq))
+        })
+    } else {
+        gen.call_method0(intern!(py, "__next__"))
+    };
+    match next {
+        Ok(value) => Ok(Some(value)),
+        Err(e)
+            if e.is_instance_of::<PyStopIteration>(py)
+                || e.is_instance_of::<PyStopAsyncIteration>(py) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Hands one streamed value to the reader, waiting (without the GIL) while the reader
+/// is behind; false when the reader is gone or `until` passed.
+fn send(
+    py: Python<'_>,
+    tx: &tokio::sync::mpsc::Sender<Result<Json, InvokeError>>,
+    item: Result<Json, InvokeError>,
+    until: Instant,
+) -> bool {
+    use tokio::sync::mpsc::error::TrySendError;
+    py.detach(|| {
+        let mut item = item;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match tx.try_send(item) {
+                Ok(()) => return true,
+                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= until {
+                        return false;
+                    }
+                    item = back;
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+            }
+        }
+    })
+}
+
+/// The receiving end of a stream, as the `Stream` the watchdog reads.
+struct Received(tokio::sync::mpsc::Receiver<Result<Json, InvokeError>>);
+
+impl futures_core::Stream for Received {
+    type Item = Result<Json, InvokeError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
     }
 }
 

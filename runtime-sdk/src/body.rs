@@ -3,9 +3,13 @@
 //! or the function answers bytes, and optionally an HTTP status and headers
 //! the function chose (`ember.Response`, a `LOOP` line, an `HTTP` runtime).
 
-use bytes::Bytes;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
-use crate::Json;
+use bytes::Bytes;
+use futures_core::Stream;
+
+use crate::{InvokeError, Json};
 
 /// An invocation's payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +72,42 @@ pub enum Body {
         bytes: Bytes,
         content_type: String,
     },
+    /// Values as the function produces them (a Python generator): written
+    /// as they come, NDJSON or server-sent events; an error ends the stream.
+    Stream(Chunks),
 }
+
+/// The values of a streamed answer, taken once by whoever writes them out.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Json, InvokeError>> + Send>>;
+
+/// A [`ChunkStream`] in a cloneable handle (an [`Output`] is cloneable):
+/// the first [`Chunks::take`] gets it.
+#[derive(Clone)]
+pub struct Chunks(Arc<Mutex<Option<ChunkStream>>>);
+
+impl Chunks {
+    pub fn new(stream: ChunkStream) -> Chunks {
+        Chunks(Arc::new(Mutex::new(Some(stream))))
+    }
+
+    pub fn take(&self) -> Option<ChunkStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Chunks(..)")
+    }
+}
+
+impl PartialEq for Chunks {
+    fn eq(&self, other: &Chunks) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Chunks {}
 
 /// What a function answered: its body, and the HTTP status and headers it
 /// chose, if any.
@@ -107,11 +146,19 @@ impl Output {
         }
     }
 
+    pub fn stream(stream: ChunkStream) -> Output {
+        Output {
+            body: Body::Stream(Chunks::new(stream)),
+            status: None,
+            headers: Vec::new(),
+        }
+    }
+
     /// The JSON body, when the body is JSON.
     pub fn as_json(&self) -> Option<&Json> {
         match &self.body {
             Body::Json(j) => Some(j),
-            Body::Raw { .. } => None,
+            Body::Raw { .. } | Body::Stream(_) => None,
         }
     }
 
@@ -126,6 +173,7 @@ impl Output {
         match &self.body {
             Body::Json(j) => j.len(),
             Body::Raw { bytes, .. } => bytes.len(),
+            Body::Stream(_) => 0,
         }
     }
 
@@ -137,6 +185,12 @@ impl Output {
     /// base64 JSON string, marked so.
     pub fn to_json(&self) -> AsJson {
         match &self.body {
+            // A stream is collected before it reaches a callback; one that was
+            // not (nothing read it) has no value to show.
+            Body::Stream(_) => AsJson {
+                json: Json::null(),
+                encoding: None,
+            },
             Body::Json(j) => AsJson {
                 json: j.clone(),
                 encoding: None,

@@ -11,7 +11,7 @@ mod invocation;
 mod json;
 pub mod names;
 
-pub use body::{AsJson, Body, Output, Payload};
+pub use body::{AsJson, Body, ChunkStream, Chunks, Output, Payload};
 pub use error::{ErrorCode, InvokeError};
 pub use handler::{BoxFuture, Handler, Health};
 pub use invocation::{Invocation, RequestInfo};

@@ -11,5 +11,6 @@ pub mod pipeline;
 pub mod reaper;
 pub mod runner;
 pub mod shutdown;
+pub mod stream;
 pub mod validate;
 pub mod warm;

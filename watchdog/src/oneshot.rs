@@ -108,9 +108,17 @@ async fn execute(
     metrics.init_duration(started.elapsed());
     // The deadline counts from when the function is ready (section 5).
     inv.restart_deadline(config.timeout);
-    match pipeline.oneshot(inv).await {
-        Ok(result) => result,
+    let output = match pipeline.oneshot(inv).await {
+        Ok(result) => result?,
         Err(never) => match never {},
+    };
+    // A stream's values, collected: one-shot has one result to give.
+    match &output.body {
+        runtime_sdk::Body::Stream(chunks) => match chunks.take() {
+            Some(s) => crate::stream::collect(s).await,
+            None => Ok(output),
+        },
+        _ => Ok(output),
     }
 }
 

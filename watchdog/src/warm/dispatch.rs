@@ -8,8 +8,13 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use runtime_sdk::{BoxFuture, ErrorCode, InvokeError, InvokeResult};
-use tokio::sync::oneshot;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use runtime_sdk::{
+    Body, BoxFuture, ChunkStream, ErrorCode, InvokeError, InvokeResult, Json, Output,
+};
+use tokio::sync::{mpsc, oneshot};
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
@@ -66,20 +71,24 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         // Queued time counts against the deadline (section 4).
         let Ok(slot) = tokio::time::timeout_at(deadline.into(), ticket.slot()).await else {
             state.metrics.timeout();
-            return Err(InvokeError::timeout(&execution_id, budget));
+            return (Err(InvokeError::timeout(&execution_id, budget)), None);
         };
         let result = match pipeline.oneshot(inv).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
-        drop(slot);
-        result
+        // A stream keeps its slot until it ends.
+        (result, Some(slot))
     };
     tokio::pin!(run);
     let mut watching = true;
+    let mut slot = None;
     let result = loop {
         tokio::select! {
-            result = &mut run => break result,
+            (result, held) = &mut run => {
+                slot = held;
+                break result;
+            }
             _ = state.stop_running.cancelled() => {
                 tracing::warn!("stopped: DRAIN_TIMEOUT_MS passed while it ran");
                 break Err(InvokeError::cancelled(
@@ -100,10 +109,84 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
             }
         }
     };
+    let result = match result {
+        Ok(Output {
+            body: Body::Stream(chunks),
+            ..
+        }) => match chunks.take() {
+            Some(source) => forward(&state, source, reply, target.is_some(), deadline).await,
+            None => Err(InvokeError::new(
+                ErrorCode::FunctionError,
+                "the stream was already read",
+            )),
+        },
+        other => {
+            let _ = reply.send(other.clone());
+            other
+        }
+    };
+    drop(slot);
     if let Some(url) = target {
         state.callbacks.spawn(Delivery::new(url, &ids, &result));
     }
-    let _ = reply.send(result);
+}
+
+/// Passes a streamed answer on to the client value by value (back-pressure: one
+/// value in flight), keeping the values for the callback when there is one (as a
+/// JSON array). A client that goes away, the drain timeout, or a producer stuck past
+/// the deadline ends it; the generator is then closed.
+async fn forward(
+    state: &State,
+    mut source: ChunkStream,
+    reply: oneshot::Sender<InvokeResult>,
+    collect: bool,
+    deadline: std::time::Instant,
+) -> InvokeResult {
+    let (tx, rx) = mpsc::channel::<Result<Json, InvokeError>>(1);
+    let to_client = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let client_here = reply.send(Ok(Output::stream(Box::pin(to_client)))).is_ok();
+    let mut values: Vec<Json> = Vec::new();
+    // The producer ends the stream with TIMEOUT at the deadline; this is the
+    // backstop for one that cannot.
+    let backstop = tokio::time::sleep_until((deadline + Duration::from_secs(2)).into());
+    tokio::pin!(backstop);
+    let end = loop {
+        let item = tokio::select! {
+            item = source.next() => item,
+            _ = state.stop_running.cancelled() => Some(Err(InvokeError::cancelled(
+                "the watchdog was shutting down and DRAIN_TIMEOUT_MS passed during the stream",
+            ))),
+            _ = &mut backstop => Some(Err(InvokeError::new(
+                ErrorCode::Timeout,
+                "the stream did not end by its deadline",
+            ))),
+        };
+        let Some(item) = item else {
+            break None;
+        };
+        let failed = item.as_ref().err().cloned();
+        if let (true, Ok(json)) = (collect, &item) {
+            values.push(json.clone());
+        }
+        if client_here && tx.send(item).await.is_err() {
+            state.metrics.client_disconnect();
+            tracing::info!("the client disconnected mid-stream: closing the generator");
+            break Some(InvokeError::cancelled(
+                "the client disconnected during the stream",
+            ));
+        }
+        if failed.is_some() {
+            break failed;
+        }
+    };
+    // Dropping the source closes the generator's channel: it sees the reader gone.
+    drop(source);
+    match end {
+        Some(e) => Err(e),
+        None => Ok(crate::stream::array(&values)),
+    }
 }
 
 /// Section 6: the request's `X-Callback-Url` when its origin is allowed,

@@ -24,6 +24,8 @@ pub struct RequestMeta {
     /// When the request arrived: the deadline counts from here, so queued
     /// time counts against it (section 4).
     pub arrived: Option<Instant>,
+    /// `Accept: text/event-stream`: a streamed answer is written as SSE.
+    pub accepts_event_stream: bool,
     /// Whether `execution_id` came from `X-Execution-Id`.
     pub id_from_header: bool,
     /// Set when the request is in Alyx's form (section 4): its
@@ -85,6 +87,10 @@ impl RequestMeta {
         let from_header = text(headers, header::EXECUTION_ID);
         RequestMeta {
             id_from_header: from_header.is_some(),
+            accepts_event_stream: headers
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("text/event-stream")),
             alyx: OnceLock::new(),
             execution_id: from_header.or_else(|| fallback_id.map(str::to_owned)),
             trace_id: text(headers, header::TRACE_ID),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use futures_util::StreamExt;
+use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::StatusCode;
 use runtime_sdk::names::header;
 use runtime_sdk::{BoxFuture, ErrorCode, InvokeError, Output};
@@ -15,7 +16,7 @@ use tower::{Layer, Service};
 use super::meta::RequestMeta;
 use super::state::State;
 use super::{HttpRequest, HttpResponse, Outcome};
-use crate::alyx;
+use crate::{alyx, stream};
 
 /// Status for each code; exhaustive on purpose, so a new code does not
 /// build until it is mapped.
@@ -77,15 +78,42 @@ const NOT_FROM_FUNCTIONS: [&str; 11] = [
     header::EXECUTION_ID,
 ];
 
+/// Server-sent events when the request accepts them, else NDJSON.
+fn stream_format(meta: Option<&RequestMeta>) -> stream::Format {
+    match meta {
+        Some(m) if m.accepts_event_stream => stream::Format::Sse,
+        _ => stream::Format::Ndjson,
+    }
+}
+
 /// A function's answer: its body with its content type, and the status and
 /// headers it chose (section 3; `ember.Response`, a `LOOP` line).
-fn output_response(output: Output) -> HttpResponse {
+fn output_response(output: Output, format: stream::Format) -> HttpResponse {
     let status = output
         .status
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
     let mut resp = match output.body {
         runtime_sdk::Body::Json(json) => json_response(status, json.bytes()),
+        // Chunked, each value written as it comes.
+        runtime_sdk::Body::Stream(chunks) => {
+            let frames = chunks
+                .take()
+                .map(|s| s.map(move |item| Ok::<_, Infallible>(format.frame(&item))));
+            let body = match frames {
+                Some(frames) => axum::body::Body::from_stream(frames),
+                None => axum::body::Body::empty(),
+            };
+            let mut resp = HttpResponse::new(body);
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
+            resp.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            resp
+        }
         runtime_sdk::Body::Raw {
             bytes,
             content_type,
@@ -195,7 +223,7 @@ where
                 }
                 Outcome::Completed { result, cold_start } => {
                     let mut resp = match result {
-                        Ok(output) => output_response(output),
+                        Ok(output) => output_response(output, stream_format(meta.as_deref())),
                         Err(e) => {
                             if matches!(e.code, ErrorCode::HandlerError) {
                                 tracing::warn!(code = %e.code, error = %e.message, "invocation failed");
