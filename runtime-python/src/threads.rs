@@ -28,6 +28,11 @@ use tokio::sync::oneshot;
 use crate::embed::{self, Runtime};
 use crate::{convert, errors, logs, output, PythonConfig};
 
+/// How many streamed values may wait for a slow reader: enough to keep the generator
+/// and the writer from waking each other per value, few enough that memory stays
+/// flat however long the stream.
+const STREAM_AHEAD: usize = 8;
+
 /// Worker stack: CPython's main thread gets 8 MiB; so do these, so deep recursion in a
 /// handler hits RecursionError, not a segfault. Only touched pages count as memory.
 const STACK_SIZE: usize = 8 << 20;
@@ -505,7 +510,7 @@ impl Pool {
 
     /// Streams a generator's values (sync or async) to the caller as they come. The
     /// answer is a stream sent at once; each value is written to JSON and handed over
-    /// through a channel of one, so a slow reader holds the generator back. The
+    /// through a short channel, so a slow reader holds the generator back. The
     /// deadline reaches the generator as `TimeoutError` (the stream then ends with a
     /// `TIMEOUT` error), `MAX_OUTPUT_BYTES` counts the whole stream, and a reader that
     /// goes away closes the generator (`GeneratorExit`, its `finally` runs).
@@ -525,7 +530,7 @@ impl Pool {
         if is_async {
             busy.mark_async();
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Json, InvokeError>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Json, InvokeError>>(STREAM_AHEAD);
         let reader_here = reply
             .send(Ok(Output::stream(Box::pin(Received(rx)))))
             .is_ok();
@@ -745,7 +750,7 @@ fn send(
     use tokio::sync::mpsc::error::TrySendError;
     py.detach(|| {
         let mut item = item;
-        let mut pause = Duration::from_micros(50);
+        let mut pause = Duration::from_micros(20);
         loop {
             match tx.try_send(item) {
                 Ok(()) => return true,
@@ -756,7 +761,7 @@ fn send(
                     }
                     item = back;
                     thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(5));
+                    pause = (pause * 2).min(Duration::from_millis(2));
                 }
             }
         }
