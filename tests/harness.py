@@ -55,6 +55,8 @@ CONTRACT_VARS = (
     "LOG_FORMAT", "LOG_LEVEL", "DRAIN_TIMEOUT_MS",
     # section 11: validation
     "INPUT_SCHEMA", "OUTPUT_SCHEMA",
+    # development settings (README)
+    "RELOAD",
 )
 
 _OMIT = object()

@@ -49,6 +49,7 @@ def test_valid_base_configuration_succeeds():
     ("LOG_FORMAT", "xml"),
     ("ONESHOT_OUTPUT", "everything"),
     ("CALLBACK_ATTEMPTS", "three"),
+    ("RELOAD", "sometimes"),
 ])
 def test_bad_value_exits_2_with_one_line_naming_it(var, value):
     cp = run_oneshot(oneshot_env(**{var: value}), timeout=10)
@@ -96,6 +97,7 @@ def test_help_exits_0_and_lists_every_variable():
     text = (cp.stdout + cp.stderr).decode(errors="replace")
     missing = [v for v in CONTRACT_VARIABLES if not re.search(r"(?<![A-Z_])" + v + r"(?![A-Z_])", text)]
     assert not missing, f"--help does not mention {missing}"
+    assert re.search(r"(?<![A-Z_])RELOAD(?![A-Z_])", text), "--help does not mention RELOAD"
     # with their defaults
     for default in ("30000", "10000", "25000", "5000", "8080"):
         assert default in text, default

@@ -33,6 +33,9 @@ pub(crate) struct Runtime {
     pub format_traceback: Py<PyAny>,
     /// `ember._runtime.load(path, module, function) -> (func, arity, is_async)`.
     pub load: Py<PyAny>,
+    /// `ember._runtime.reload(path, module, function)`: `load` in a fresh module
+    /// namespace (`RELOAD`).
+    pub reload: Py<PyAny>,
 }
 
 /// Registers `ember`, `ember._native` and `ember._runtime`, routes `print()` and logging
@@ -67,6 +70,7 @@ fn register(py: Python<'_>) -> PyResult<Runtime> {
         describe: runtime.getattr("describe")?.unbind(),
         format_traceback: runtime.getattr("format_traceback")?.unbind(),
         load: runtime.getattr("load")?.unbind(),
+        reload: runtime.getattr("reload")?.unbind(),
     })
 }
 

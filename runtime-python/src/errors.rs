@@ -55,6 +55,15 @@ pub(crate) fn load_error(py: Python<'_>, rt: Option<&Runtime>, err: &PyErr) -> I
     InvokeError::new(ErrorCode::HandlerLoadError, message)
 }
 
+/// A reload (`RELOAD`) failed: like [`load_error`], but the previous handler keeps
+/// serving, and the log says so.
+pub(crate) fn reload_error(py: Python<'_>, rt: &Runtime, err: &PyErr) -> InvokeError {
+    let message = describe(py, rt, err).1;
+    let traceback = traceback(py, rt, err);
+    tracing::error!(%traceback, "python handler could not be reloaded, the previous code keeps serving: {message}");
+    InvokeError::new(ErrorCode::HandlerLoadError, message)
+}
+
 fn describe(py: Python<'_>, rt: &Runtime, err: &PyErr) -> (Option<ErrorCode>, String) {
     let described = rt
         .describe

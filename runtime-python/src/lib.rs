@@ -140,6 +140,24 @@ impl Handler for PythonHandler {
         })
     }
 
+    /// Imports the module afresh and swaps the handler in; an import error leaves the
+    /// previous handler serving. After a failed start, a reload that loads is the start.
+    fn reload(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
+        Box::pin(async move {
+            let failed_start = match &*self.state() {
+                // `start` is about to import the code as it is now.
+                State::NotStarted | State::Loading => return Ok(()),
+                State::Ready => false,
+                State::Failed(_) => true,
+            };
+            let reloaded = self.pool.reload().await;
+            if failed_start && reloaded.is_ok() {
+                *self.state() = State::Ready;
+            }
+            reloaded
+        })
+    }
+
     fn health(&self) -> Health {
         match &*self.state() {
             State::NotStarted | State::Loading => Health::Starting,

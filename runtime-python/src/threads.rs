@@ -37,7 +37,7 @@ const STREAM_AHEAD: usize = 8;
 /// handler hits RecursionError, not a segfault. Only touched pages count as memory.
 const STACK_SIZE: usize = 8 << 20;
 
-/// The loaded handler, shared by every thread.
+/// The loaded handler, shared by every thread; a reload swaps in a new one whole.
 pub(crate) struct Loaded {
     rt: &'static Runtime,
     func: Py<PyAny>,
@@ -45,12 +45,52 @@ pub(crate) struct Loaded {
     is_async: bool,
 }
 
-// Load is sent once per process; boxing Invoke would cost an allocation per call.
+// Load is sent once per process (Reload once per change); boxing Invoke would cost an
+// allocation per call.
 #[allow(clippy::large_enum_variant)]
 enum Job {
     /// Initialise `ember`, import the module, find the function.
     Load(oneshot::Sender<Result<(), InvokeError>>),
+    /// Import the module afresh and swap the handler (`RELOAD`).
+    Reload(oneshot::Sender<Result<(), InvokeError>>),
     Invoke(Call),
+}
+
+/// The handler now serving. A reload replaces it whole while calls run: each call takes
+/// the handler once, at its start, so one in flight finishes on the code it began with.
+/// Workers keep their own `Arc` and compare one counter per call, so the hot path reads
+/// a cache line that only a reload writes, and takes no lock.
+#[derive(Default)]
+struct Current {
+    /// Bumped (under `loaded`'s lock) by every swap.
+    generation: AtomicU64,
+    loaded: Mutex<Option<Arc<Loaded>>>,
+    /// The current handler's `takes_context`, read per request by the server.
+    takes_context: AtomicBool,
+}
+
+/// A worker's copy of the handler, and the generation it was taken at.
+type Held = Option<(u64, Arc<Loaded>)>;
+
+impl Current {
+    fn store(&self, loaded: Loaded) {
+        let mut current = lock(&self.loaded);
+        self.takes_context
+            .store(loaded.takes_context, Ordering::Relaxed);
+        *current = Some(Arc::new(loaded));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The handler to run now: the worker's copy, refreshed if a swap happened since.
+    fn get<'a>(&self, held: &'a mut Held) -> Option<&'a Loaded> {
+        let now = self.generation.load(Ordering::Acquire);
+        if held.as_ref().is_none_or(|(seen, _)| *seen != now) {
+            let current = lock(&self.loaded);
+            let generation = self.generation.load(Ordering::Relaxed);
+            *held = current.clone().map(|loaded| (generation, loaded));
+        }
+        held.as_ref().map(|(_, loaded)| &**loaded)
+    }
 }
 
 /// A reply and what to send on it.
@@ -98,7 +138,7 @@ pub(crate) struct Pool {
     alive: Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
     /// Names the threads (`ember-py-N`), replacements included.
     next_thread: AtomicUsize,
-    loaded: OnceLock<Loaded>,
+    loaded: Current,
     /// Closes when every thread has exited (each holds a sender).
     exited: Mutex<Option<tokio::sync::mpsc::Receiver<()>>>,
     next_seq: AtomicU64,
@@ -124,11 +164,25 @@ struct QueueState {
 impl JobQueue {
     /// Queues a job; false once closed.
     fn push(&self, job: Job) -> bool {
+        self.push_at(job, false)
+    }
+
+    /// Queues a job ahead of the waiting ones (a reload, so that a queue of calls does
+    /// not hold back the new code); false once closed.
+    fn push_first(&self, job: Job) -> bool {
+        self.push_at(job, true)
+    }
+
+    fn push_at(&self, job: Job, first: bool) -> bool {
         let mut state = lock(&self.state);
         if state.closed {
             return false;
         }
-        state.jobs.push_back(job);
+        if first {
+            state.jobs.push_front(job);
+        } else {
+            state.jobs.push_back(job);
+        }
         drop(state);
         self.ready.notify_one();
         true
@@ -170,7 +224,7 @@ impl Pool {
             stuck_threads: AtomicUsize::new(0),
             alive: Mutex::new(None),
             next_thread: AtomicUsize::new(0),
-            loaded: OnceLock::new(),
+            loaded: Current::default(),
             exited: Mutex::new(None),
             next_seq: AtomicU64::new(1),
         })
@@ -185,6 +239,25 @@ impl Pool {
             Err(InvokeError::new(
                 ErrorCode::HandlerLoadError,
                 "the Python thread loading the handler ended without an answer",
+            ))
+        })
+    }
+
+    /// Imports the handler afresh on one of the threads and swaps it in; on an import
+    /// error the previous handler keeps serving. Ahead of queued calls; calls in flight
+    /// finish on the code they started with.
+    pub(crate) async fn reload(self: &Arc<Pool>) -> Result<(), InvokeError> {
+        let (tx, rx) = oneshot::channel();
+        if lock(&self.slots).is_empty() || !self.queue.push_first(Job::Reload(tx)) {
+            return Err(InvokeError::new(
+                ErrorCode::HandlerLoadError,
+                "no Python thread runs to reload the handler",
+            ));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(InvokeError::new(
+                ErrorCode::HandlerLoadError,
+                "the Python thread reloading the handler ended without an answer",
             ))
         })
     }
@@ -274,7 +347,7 @@ impl Pool {
 
     /// Whether the loaded handler takes a context (and so may read `context.request`).
     pub(crate) fn takes_context(&self) -> bool {
-        self.loaded.get().is_some_and(|l| l.takes_context)
+        self.loaded.takes_context.load(Ordering::Relaxed)
     }
 
     /// Threads abandoned past their deadline and still inside their job.
@@ -340,6 +413,8 @@ impl Pool {
             // may go to another thread, which then finds the GIL free instead of waking
             // up only to wait for this one to let go of it.
             let mut answer: Option<Answer> = None;
+            // This thread's copy of the handler (see `Current`); dropped with the GIL.
+            let mut held: Held = None;
             loop {
                 // Detached while waiting, so an idle thread never holds the GIL.
                 let job = py.detach(|| {
@@ -351,10 +426,14 @@ impl Pool {
                 let Some(job) = job else { break };
                 let outcome = catch_unwind(AssertUnwindSafe(|| match job {
                     Job::Load(reply) => {
-                        let _ = reply.send(self.load(py));
+                        let _ = reply.send(self.load(py, false));
                         None
                     }
-                    Job::Invoke(call) => self.run(py, slot, call),
+                    Job::Reload(reply) => {
+                        let _ = reply.send(self.load(py, true));
+                        None
+                    }
+                    Job::Invoke(call) => self.run(py, slot, call, &mut held),
                 }));
                 match outcome {
                     Ok(next) => answer = next,
@@ -377,17 +456,20 @@ impl Pool {
         });
     }
 
-    fn load(&self, py: Python<'_>) -> Result<(), InvokeError> {
+    /// Imports the handler (`fresh`: in a new module namespace, for a reload) and makes
+    /// it the one calls run.
+    fn load(&self, py: Python<'_>, fresh: bool) -> Result<(), InvokeError> {
         let started = Instant::now();
         let rt = embed::install(py).map_err(|e| errors::load_error(py, None, &e))?;
         let path = self.cfg.path.to_string_lossy().into_owned();
-        let found = rt
-            .load
+        let loader = if fresh { &rt.reload } else { &rt.load };
+        let found = loader
             .bind(py)
             .call1((path, &self.cfg.module, &self.cfg.function))
             .and_then(|t| t.extract::<(Py<PyAny>, u8, bool)>());
         let (func, arity, is_async) = match found {
             Ok(found) => found,
+            Err(e) if fresh => return Err(errors::reload_error(py, rt, &e)),
             Err(e) => return Err(errors::load_error(py, Some(rt), &e)),
         };
         tracing::info!(
@@ -397,9 +479,14 @@ impl Pool {
             is_async,
             threads = self.cfg.slots.max(1),
             load_ms = started.elapsed().as_secs_f64() * 1e3,
-            "python handler loaded"
+            "{}",
+            if fresh {
+                "python handler reloaded"
+            } else {
+                "python handler loaded"
+            }
         );
-        let _ = self.loaded.set(Loaded {
+        self.loaded.store(Loaded {
             rt,
             func,
             takes_context: arity == 2,
@@ -409,9 +496,15 @@ impl Pool {
     }
 
     /// Runs a job; returns its answer for the caller of `worker` to send.
-    fn run(self: &Arc<Pool>, py: Python<'_>, slot: &Slot, call: Call) -> Option<Answer> {
+    fn run(
+        self: &Arc<Pool>,
+        py: Python<'_>,
+        slot: &Slot,
+        call: Call,
+        held: &mut Held,
+    ) -> Option<Answer> {
         let Call { seq, inv, reply } = call;
-        let Some(loaded) = self.loaded.get() else {
+        let Some(loaded) = self.loaded.get(held) else {
             let not_loaded =
                 InvokeError::new(ErrorCode::NotReady, "the Python handler is not loaded");
             return Some((reply, Err(not_loaded)));

@@ -513,3 +513,109 @@ async fn handlers_see_a_python_whose_stdout_is_the_log() {
     assert!(exe.contains("python"), "{exe}");
     assert_eq!(out["argv"], json!([""]));
 }
+
+// -- RELOAD ---------------------------------------------------------------------------
+
+/// An empty directory of the test's own, for modules the test rewrites.
+fn module_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-reload-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `handle` returns its version and its helper module's; `{"sleep": s}` touches
+/// `started` in the directory, then sleeps. Bytecode caches are written whatever
+/// `PYTHONDONTWRITEBYTECODE` says: they are part of what a reload must get past.
+fn reloadable_module(version: &str) -> String {
+    format!(
+        "import os, sys, time\nsys.dont_write_bytecode = False\nimport t_reload_helper\n\
+         def handle(req):\n    \
+             if req.get('sleep'):\n        \
+                 open(os.path.join(os.path.dirname(__file__), 'started'), 'w').close()\n        \
+                 time.sleep(req['sleep'])\n    \
+             return ['{version}', t_reload_helper.VALUE]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_handler_and_an_import_error_keeps_the_old_one() {
+    let dir = module_dir("swap");
+    let write = |file: &str, text: &str| std::fs::write(dir.join(file), text).unwrap();
+    write("t_reload_helper.py", "VALUE = 'helper-1'\n");
+    write("t_reload_main.py", &reloadable_module("v1"));
+    let mut cfg = config("t_reload_main", "handle", 2);
+    cfg.path = dir.clone();
+    let h = Arc::new(PythonHandler::new(cfg));
+    h.start().await.expect("loads");
+    let v1 = json!(["v1", "helper-1"]);
+    assert_eq!(h.call(inv("r-1", json!({}), 5000)).await.unwrap(), v1);
+
+    // In flight while the code changes: it finishes on the code it started with.
+    let slow = tokio::spawn({
+        let h = h.clone();
+        async move { h.call(inv("r-slow", json!({"sleep": 0.6}), 5000)).await }
+    });
+    let started = Instant::now();
+    while !dir.join("started").exists() {
+        assert!(started.elapsed() < Duration::from_secs(5), "never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Same sizes, most likely within the second the caches were written in: a cache
+    // judged by mtime and size alone would bring the old code back.
+    write("t_reload_helper.py", "VALUE = 'helper-2'\n");
+    write("t_reload_main.py", &reloadable_module("v2"));
+    h.reload().await.expect("reloads");
+    let v2 = json!(["v2", "helper-2"]);
+    assert_eq!(h.call(inv("r-2", json!({}), 5000)).await.unwrap(), v2);
+    assert_eq!(slow.await.unwrap().unwrap(), v1, "the old module, whole");
+
+    // A module that no longer imports: the error says why, the old code serves on.
+    write(
+        "t_reload_main.py",
+        "def handle(req):\n    return 'v3'\n  oops\n",
+    );
+    let e = h.reload().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::HandlerLoadError);
+    assert!(e.message.starts_with("IndentationError"), "{}", e.message);
+    assert_eq!(h.health(), Health::Ready);
+    assert_eq!(h.call(inv("r-3", json!({}), 5000)).await.unwrap(), v2);
+    // ...with the modules it was loaded with, for its lazy imports.
+    write("t_reload_main.py", &reloadable_module("v4"));
+    h.reload().await.expect("reloads once fixed");
+    assert_eq!(
+        h.call(inv("r-4", json!({}), 5000)).await.unwrap(),
+        json!(["v4", "helper-2"])
+    );
+    let logs = logs();
+    assert!(
+        logs.contains(
+            "python handler could not be reloaded, the previous code keeps serving: IndentationError"
+        ),
+        "{logs}"
+    );
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_loads_ends_a_failed_start() {
+    let dir = module_dir("fix");
+    std::fs::write(dir.join("t_reload_fix.py"), "def handle(req) return 1\n").unwrap();
+    let mut cfg = config("t_reload_fix", "handle", 1);
+    cfg.path = dir.clone();
+    let h = PythonHandler::new(cfg);
+    let e = h.start().await.unwrap_err();
+    assert!(e.message.starts_with("SyntaxError"), "{}", e.message);
+    assert!(matches!(h.health(), Health::Unhealthy(_)));
+    std::fs::write(
+        dir.join("t_reload_fix.py"),
+        "def handle(req):\n    return 1\n",
+    )
+    .unwrap();
+    h.reload().await.expect("reloads");
+    assert_eq!(h.health(), Health::Ready);
+    assert_eq!(h.call(inv("f-1", json!({}), 5000)).await.unwrap(), json!(1));
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

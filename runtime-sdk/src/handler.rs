@@ -61,6 +61,17 @@ pub trait Handler: Send + Sync + 'static {
         0
     }
 
+    /// Picks up the function's changed code (`RELOAD`, a development
+    /// setting): called after `start`, once per burst of file changes, never
+    /// twice at once. Invocations in flight finish on the old code; those
+    /// that arrive meanwhile wait rather than fail. `Err` says why the new
+    /// code could not be loaded; a runner that can keeps the old code
+    /// serving then. The default does nothing: a runner that starts the
+    /// function afresh per invocation picks up changes by itself.
+    fn reload(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Stops whatever the runner keeps (children, threads); called once at
     /// exit, after in-flight invocations ended or the drain timed out.
     fn shutdown(&self) -> BoxFuture<'_, ()> {

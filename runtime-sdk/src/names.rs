@@ -49,6 +49,9 @@ pub const DRAIN_TIMEOUT_MS: &str = "DRAIN_TIMEOUT_MS";
 pub const INPUT_SCHEMA: &str = "INPUT_SCHEMA";
 pub const OUTPUT_SCHEMA: &str = "OUTPUT_SCHEMA";
 
+// Development settings (not part of the contract).
+pub const RELOAD: &str = "RELOAD";
+
 /// Secrets that never reach a child process's environment (section 2).
 pub const SCRUBBED_FROM_CHILDREN: [&str; 3] = [CALLBACK_URL, CALLBACK_TOKEN, INVOKE_TOKEN];
 

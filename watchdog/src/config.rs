@@ -229,6 +229,9 @@ struct Args {
     /// JSON Schema (a path or inline JSON) the output must satisfy
     #[arg(long, env = names::OUTPUT_SCHEMA)]
     output_schema: Option<String>,
+    /// Development: warm mode watches the function's files and reloads it when they change (PYTHON: HANDLER_PATH; LOOP, HTTP: the directories of the files named in WATCHDOG_CMD)
+    #[arg(long, env = names::RELOAD, default_value = "false", value_parser = parse_bool)]
+    reload: bool,
 }
 
 /// A configuration problem: printed as one line, exit code 2.
@@ -296,6 +299,8 @@ pub struct WarmConfig {
     pub execution_id: Option<String>,
     pub drain_timeout: Duration,
     pub allowed_callback_origins: AllowedOrigins,
+    /// `RELOAD`: watch the function's files and reload it on a change.
+    pub reload: bool,
 }
 
 /// A method `/invoke` may accept (`INVOKE_METHODS`).
@@ -728,6 +733,7 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
             execution_id: a.execution_id.clone(),
             drain_timeout: ms(a.drain_timeout_ms),
             allowed_callback_origins,
+            reload: a.reload,
         })
     } else {
         let platform_form = matches!(

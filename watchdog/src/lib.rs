@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod oneshot;
 pub mod pipeline;
 pub mod reaper;
+pub mod reload;
 pub mod runner;
 pub mod shutdown;
 pub mod stream;

@@ -90,6 +90,7 @@ async fn stack(max_concurrency: usize, timeout: Duration) -> Stack {
         execution_id: None,
         drain_timeout: Duration::from_millis(200),
         allowed_callback_origins: AllowedOrigins::Any,
+        reload: false,
     };
     let callback_cfg = CallbackConfig {
         url: Some(cb_url),

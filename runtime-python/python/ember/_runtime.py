@@ -2,7 +2,7 @@
 
 The Rust half (`runtime-python`) registers `ember._native` and then runs this module. Each
 piece here is called from Rust: `install` once before the handler is imported, `load` to
-import it, `AsyncRunner` once per worker thread, `describe` and `format_traceback` when a
+import it (`reload` to import it afresh), `AsyncRunner` once per worker thread, `describe` and `format_traceback` when a
 handler raises.
 """
 
@@ -194,6 +194,61 @@ def load(path: str, module: str, function: str):
         import asyncio  # noqa: F401 - now, not in the first invocation's time
 
     return func, arity(func), coroutine
+
+
+def reload(path: str, module: str, function: str):
+    """`load` again in a fresh module namespace (RELOAD, a development setting).
+
+    The handler's module and every module loaded from HANDLER_PATH leave sys.modules
+    first, so the import runs their new code (installed packages under it, in a
+    site-packages directory, and compiled extensions, which cannot be loaded twice,
+    stay). Their bytecode caches go too: a cache is trusted when the source's mtime (in
+    whole seconds) and size match, which an edit within the same second can keep. If
+    the import fails, sys.modules is put back as it was, so the old handler's lazy
+    imports still find the modules it was loaded with.
+    """
+    root = os.path.abspath(path or ".")
+    saved = {
+        name: mod
+        for name, mod in list(sys.modules.items())
+        if name == module or _loaded_from(mod, root)
+    }
+    for name in saved:
+        del sys.modules[name]
+    for mod in saved.values():
+        cached = getattr(mod, "__cached__", None)
+        if isinstance(cached, str) and _loaded_from(mod, root):
+            try:
+                os.unlink(cached)
+            except OSError:
+                pass
+    importlib.invalidate_caches()
+    try:
+        return load(path, module, function)
+    except BaseException:
+        for name, mod in list(sys.modules.items()):
+            if name not in saved and _loaded_from(mod, root):
+                del sys.modules[name]
+        sys.modules.update(saved)
+        raise
+
+
+def _loaded_from(mod, root: str) -> bool:
+    """Whether `mod` is the function's own source code, loaded from under `root`."""
+    name = getattr(mod, "__name__", None)
+    if not isinstance(name, str) or name == "ember" or name.startswith("ember."):
+        return False
+    file = getattr(mod, "__file__", None)
+    if not isinstance(file, str) or not file.endswith(".py"):
+        return False
+    file = os.path.abspath(file)
+    try:
+        if os.path.commonpath((root, file)) != root:
+            return False
+    except ValueError:
+        return False
+    parts = os.path.relpath(file, root).split(os.sep)
+    return "site-packages" not in parts and "dist-packages" not in parts
 
 
 class AsyncRunner:

@@ -1,8 +1,13 @@
 //! `HTTP` (contract section 2): a long-running runtime started once, whose
 //! health decides readiness; each invocation is a POST to it over a pooled
 //! keep-alive connection.
+//!
+//! `RELOAD` restarts the runtime (`Handler::reload`): the invocations in
+//! flight finish, new ones wait, the runtime is stopped, started again and
+//! waited for on `HEALTH_URL`, then the waiting invocations go to it.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +22,7 @@ use runtime_sdk::{
     names, BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult, Json,
     Output,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, RwLock};
 
 use super::process::{self, ProcessGroup, Tail};
 use crate::config::HttpConfig;
@@ -31,8 +36,20 @@ pub struct HttpRunner {
     client: Client<HttpConnector, Full<Bytes>>,
     runtime_uri: Uri,
     shutdown: Shutdown,
-    child: Mutex<Option<ProcessGroup>>,
+    child: Mutex<Option<Runtime>>,
     health: Arc<Mutex<Health>>,
+    /// With `RELOAD` only (it costs every invocation a lock): invocations
+    /// hold it shared, a restart holds it alone, so a restart waits for the
+    /// invocations in flight and the ones that arrive meanwhile wait for it.
+    restart: Option<RwLock<()>>,
+}
+
+/// The runtime process the watchdog started.
+struct Runtime {
+    group: ProcessGroup,
+    /// Set when the watchdog stops it for a restart: its exit is then no
+    /// fault.
+    retired: Arc<AtomicBool>,
 }
 
 impl HttpRunner {
@@ -50,7 +67,14 @@ impl HttpRunner {
             shutdown,
             child: Mutex::new(None),
             health: Arc::new(Mutex::new(Health::Starting)),
+            restart: None,
         }
+    }
+
+    /// Lets `reload` restart the runtime (`RELOAD`).
+    pub fn reloadable(mut self) -> Self {
+        self.restart = Some(RwLock::new(()));
+        self
     }
 
     async fn healthy(&self, uri: &Uri) -> bool {
@@ -71,6 +95,7 @@ impl HttpRunner {
         let started = Instant::now();
         let mut exited: Option<watch::Receiver<Option<std::process::ExitStatus>>> = None;
         let tail = Arc::new(Mutex::new(Tail::default()));
+        let retired = Arc::new(AtomicBool::new(false));
         if let Some(pcfg) = &self.cfg.process {
             let mut cmd = process::command(pcfg, None);
             let port = self.cfg.runtime_url.port_or_known_default().unwrap_or(80);
@@ -80,7 +105,10 @@ impl HttpRunner {
                 .stderr(Stdio::piped());
             let (mut child, group) = process::spawn(&mut cmd, &pcfg.argv[0])
                 .map_err(|e| InvokeError::new(ErrorCode::StartupError, e.message))?;
-            *self.child.lock().unwrap() = Some(group);
+            *self.child.lock().unwrap() = Some(Runtime {
+                group,
+                retired: retired.clone(),
+            });
             process::forward_lines(child.stdout.take().expect("piped"), "stdout", None);
             process::forward_lines(
                 child.stderr.take().expect("piped"),
@@ -134,7 +162,9 @@ impl HttpRunner {
                 let tail = tail.clone();
                 tokio::spawn(async move {
                     let _ = rx.changed().await;
-                    if shutdown.is_requested() && shutdown.fatal_reason().is_none() {
+                    if retired.load(Ordering::Acquire)
+                        || (shutdown.is_requested() && shutdown.fatal_reason().is_none())
+                    {
                         return; // we stopped it ourselves
                     }
                     let status = *rx.borrow();
@@ -156,9 +186,34 @@ impl HttpRunner {
         InvokeError::new(ErrorCode::StartupError, message)
     }
 
+    /// Stops the runtime and starts it again, once the invocations in flight
+    /// are answered; those that arrive meanwhile wait (their deadline still
+    /// counts). A runtime that does not come back leaves `/health` unhealthy
+    /// until a later reload succeeds.
+    async fn restart_runtime(&self) -> Result<(), InvokeError> {
+        let (Some(restart), Some(pcfg)) = (&self.restart, &self.cfg.process) else {
+            return Ok(());
+        };
+        let _alone = restart.write().await;
+        let old = self.child.lock().unwrap().take();
+        if let Some(old) = old {
+            old.retired.store(true, Ordering::Release);
+            old.group.stop(pcfg.kill_grace).await;
+        }
+        self.start_runtime().await
+    }
+
     /// One POST to the runtime; the pipeline's deadline drops this future,
     /// which drops the request.
     async fn call(&self, inv: Invocation) -> InvokeResult {
+        let _shared = match &self.restart {
+            Some(restart) => Some(restart.read().await),
+            None => None,
+        };
+        self.post(inv).await
+    }
+
+    async fn post(&self, inv: Invocation) -> InvokeResult {
         let body = inv.payload.bytes();
         let mut req = Request::builder()
             .method(Method::POST)
@@ -250,12 +305,16 @@ impl Handler for HttpRunner {
         Box::pin(self.call(inv))
     }
 
+    fn reload(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
+        Box::pin(self.restart_runtime())
+    }
+
     fn health(&self) -> Health {
         self.health.lock().unwrap().clone()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
-        let group = self.child.lock().unwrap().take();
+        let group = self.child.lock().unwrap().take().map(|r| r.group);
         let grace = self
             .cfg
             .process

@@ -13,10 +13,19 @@
 //! Idle supervisors take jobs from one shared queue, so a job goes to an idle
 //! child and a busy child never gets a second one. `docs/loop-protocol.md`
 //! describes the protocol and what happens on each fault.
+//!
+//! `RELOAD` (`Handler::reload`) bumps a code generation: each supervisor
+//! replaces a child of an older generation as soon as it is idle (a busy one
+//! finishes its invocation first), one slot at a time, so the other children
+//! keep taking jobs and queued invocations wait for a free child. The
+//! protocol has no "ready" line, so a new child counts as started once it
+//! answered its first invocation; until then (at most `TURN_LIMIT`) the next
+//! slot waits its turn, unless no invocation came for `QUIET_PASS`: with no
+//! load, capacity does not matter and the next slot goes at once.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +40,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
@@ -66,6 +75,19 @@ const CHUNK: usize = 16 * 1024;
 /// many chunks, so a chatty grandchild cannot hold the answer.
 const DRAIN_CHUNKS: usize = 64;
 
+/// How long `reload` waits for every child to be replaced; a child busy with a
+/// longer invocation is replaced when that ends, after `reload` returned.
+const RELOAD_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest a new child keeps the next slot waiting for its turn (its
+/// first invocation may be a slow one).
+const TURN_LIMIT: Duration = Duration::from_secs(1);
+
+/// A new child passes the turn on after this long with no invocation
+/// arriving: nothing waits for capacity. Shorter than the gap between
+/// invocations under any load worth keeping a child for.
+const QUIET_PASS: Duration = Duration::from_millis(50);
+
 /// Restart delay after `failures` consecutive crashes at start.
 fn backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
@@ -89,6 +111,17 @@ struct Shared {
     stop: CancellationToken,
     started: AtomicBool,
     slots: Mutex<Vec<SlotHealth>>,
+    /// The code generation children should run, bumped by `reload`: a child
+    /// started before the bump is replaced as soon as it is idle.
+    code: watch::Sender<u64>,
+    /// Held while a slot replaces its child and the new child starts: one
+    /// at a time, so under load at most one slot has a child still starting.
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Notified whenever a slot starts a child (`reload` waits for them).
+    spawned: Notify,
+    /// Invocations handed to the children so far: a new child holding the
+    /// replacement turn watches it for a quiet spell.
+    sent: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,6 +131,8 @@ struct SlotHealth {
     usable: bool,
     /// Why the last child crashed at start.
     failure: Option<String>,
+    /// The code generation of the slot's current child.
+    generation: u64,
 }
 
 impl Shared {
@@ -111,6 +146,17 @@ impl Shared {
         let mut slots = self.slots.lock().unwrap();
         slots[slot].usable = false;
         slots[slot].failure = Some(reason);
+    }
+
+    fn set_generation(&self, slot: usize, generation: u64) {
+        self.slots.lock().unwrap()[slot].generation = generation;
+        self.spawned.notify_waiters();
+    }
+
+    /// Slots whose child runs code older than `generation`.
+    fn older_than(&self, generation: u64) -> usize {
+        let slots = self.slots.lock().unwrap();
+        slots.iter().filter(|s| s.generation < generation).count()
     }
 }
 
@@ -174,6 +220,10 @@ impl LoopRunner {
                 stop: CancellationToken::new(),
                 started: AtomicBool::new(false),
                 slots: Mutex::new(vec![SlotHealth::default(); slots]),
+                code: watch::Sender::new(0),
+                turn: Arc::new(tokio::sync::Mutex::new(())),
+                spawned: Notify::new(),
+                sent: AtomicU64::new(0),
             }),
             slots,
             settle,
@@ -236,10 +286,46 @@ impl LoopRunner {
         if self.shared.stop.is_cancelled() || self.jobs.send(job).is_err() {
             return Err(cancelled());
         }
+        self.shared.sent.fetch_add(1, Ordering::Relaxed);
         // The supervisor enforces the deadline on the child; the pipeline's
         // deadline drops this future, which closes `answer`, and a supervisor
         // holding the job then stops the child (`Busy::Abandoned`).
         answer.await.unwrap_or_else(|_| Err(cancelled()))
+    }
+
+    /// Has every child replaced by one running the code as it is now, and
+    /// waits (a while) for that to happen.
+    async fn replace_children(&self) -> Result<(), InvokeError> {
+        let shared = &self.shared;
+        if !shared.started.load(Ordering::Acquire) || shared.stop.is_cancelled() {
+            return Ok(()); // `start` is about to run the code as it is now
+        }
+        let mut target = 0;
+        shared.code.send_modify(|generation| {
+            *generation += 1;
+            target = *generation;
+        });
+        let all_replaced = async {
+            loop {
+                // Made before the check, so a start in between still wakes it.
+                let spawned = shared.spawned.notified();
+                if shared.older_than(target) == 0 {
+                    return;
+                }
+                spawned.await;
+            }
+        };
+        if tokio::time::timeout(RELOAD_WAIT, all_replaced)
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                children = shared.older_than(target),
+                "LOOP children still busy after {} ms are replaced when their invocation ends",
+                RELOAD_WAIT.as_millis()
+            );
+        }
+        Ok(())
     }
 
     async fn stop_children(&self) {
@@ -277,6 +363,10 @@ impl Handler for LoopRunner {
         Box::pin(self.call(inv))
     }
 
+    fn reload(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
+        Box::pin(self.replace_children())
+    }
+
     fn health(&self) -> Health {
         if !self.shared.started.load(Ordering::Acquire) {
             return Health::Starting;
@@ -307,6 +397,9 @@ enum End {
     Early(String),
     /// Any other end: restarted at once.
     Done,
+    /// Idle, running older code than `Shared::code` (`reload`), and holding
+    /// the replacement turn: still running, replaced by the supervisor.
+    Stale(OwnedMutexGuard<()>),
 }
 
 /// One slot: starts its child, serves jobs with it, restarts it when it
@@ -322,17 +415,28 @@ async fn supervise(
     // A job taken by a child found dead before it was sent: the next child
     // runs it, so a child dying while idle loses nothing.
     let mut carried: Option<Job> = None;
+    let mut code = shared.code.subscribe();
+    // A child started to replace one that runs older code.
+    let mut replacement: Option<Kept> = None;
+    // Dropped to pass the replacement turn on (see `Shared::turn`).
+    let mut turn: Option<oneshot::Sender<()>> = None;
     loop {
         if failures > 0 {
             tokio::select! {
                 _ = tokio::time::sleep(backoff(failures)) => {}
                 _ = shared.stop.cancelled() => break,
+                // New code (`reload`) may start fine: try it at once.
+                _ = code.changed() => failures = 0,
             }
         }
         if shared.stop.is_cancelled() {
             break;
         }
-        let mut kept = match Kept::spawn(&shared.cfg) {
+        let spawned = match replacement.take() {
+            Some(kept) => Ok(kept),
+            None => Kept::spawn(&shared.cfg, *code.borrow_and_update()),
+        };
+        let mut kept = match spawned {
             Ok(k) => k,
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -350,8 +454,13 @@ async fn supervise(
         if failures == 0 {
             shared.set_usable(slot);
         }
+        shared.set_generation(slot, kept.generation);
         tracing::debug!(slot, pid = kept.pid, "LOOP child started");
-        match kept.serve(&shared, &queue, slot, &mut carried).await {
+        let end = kept
+            .serve(&shared, &queue, slot, &mut carried, &mut code, &mut turn)
+            .await;
+        turn = None;
+        match end {
             End::Stopped => break,
             End::Early(reason) => {
                 failures = failures.saturating_add(1);
@@ -364,6 +473,26 @@ async fn supervise(
                 shared.set_failed(slot, reason);
             }
             End::Done => failures = 0,
+            End::Stale(held) => {
+                failures = 0;
+                let (pass, passed) = oneshot::channel::<()>();
+                tokio::spawn(async move {
+                    let _held = held;
+                    let _ = tokio::time::timeout(TURN_LIMIT, passed).await;
+                });
+                turn = Some(pass);
+                // The new child starts (imports its code) while the old one,
+                // idle, is stopped. A command that no longer starts is
+                // reported when the loop tries again.
+                replacement = Kept::spawn(&shared.cfg, *code.borrow_and_update()).ok();
+                kept.stop(None).await;
+                tracing::info!(
+                    slot,
+                    old_pid = kept.pid,
+                    pid = replacement.as_ref().map(|k| k.pid),
+                    "LOOP child replaced to run the new code"
+                );
+            }
         }
     }
     if let Some(job) = carried {
@@ -611,10 +740,12 @@ struct Kept {
     started: Instant,
     /// Jobs sent to this child (carried ones excluded).
     jobs: u64,
+    /// The code generation it was started for (`Shared::code`).
+    generation: u64,
 }
 
 impl Kept {
-    fn spawn(cfg: &ProcessConfig) -> Result<Kept, InvokeError> {
+    fn spawn(cfg: &ProcessConfig, generation: u64) -> Result<Kept, InvokeError> {
         let start_error = |e: std::io::Error| {
             InvokeError::new(
                 ErrorCode::FunctionError,
@@ -669,6 +800,7 @@ impl Kept {
             pending: ResultBuf::default(),
             started: Instant::now(),
             jobs: 0,
+            generation,
         })
     }
 
@@ -679,10 +811,21 @@ impl Kept {
         queue: &Queue,
         slot: usize,
         carried: &mut Option<Job>,
+        code: &mut watch::Receiver<u64>,
+        turn: &mut Option<oneshot::Sender<()>>,
     ) -> End {
         let stable = tokio::time::sleep_until((self.started + STABLE_AFTER).into());
         tokio::pin!(stable);
         let mut proven = false;
+        // Set once the code changed: waiting for the replacement turn, while
+        // this child goes on taking invocations.
+        let mut stale: Option<BoxFuture<'static, OwnedMutexGuard<()>>> = None;
+        // While this new child holds the replacement turn: a quiet spell
+        // passes it on (`QUIET_PASS`).
+        let mut quiet =
+            tokio::time::interval_at(tokio::time::Instant::now() + QUIET_PASS, QUIET_PASS);
+        quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent = shared.sent.load(Ordering::Relaxed);
         loop {
             let job = match carried.take() {
                 Some(job) => job,
@@ -702,10 +845,24 @@ impl Kept {
                                     break Err(Some(reason));
                                 }
                             }
+                            _ = code.changed(), if stale.is_none() => {
+                                stale = Some(Box::pin(shared.turn.clone().lock_owned()));
+                            }
+                            // Before taking a job, so the job goes to new code.
+                            held = async { stale.as_mut().expect("guarded").await }, if stale.is_some() => {
+                                return End::Stale(held);
+                            }
                             job = &mut next => match job {
                                 Some(job) => break Ok(job),
                                 None => break Err(None),
                             },
+                            _ = quiet.tick(), if turn.is_some() => {
+                                let now = shared.sent.load(Ordering::Relaxed);
+                                if now == sent {
+                                    *turn = None;
+                                }
+                                sent = now;
+                            }
                             _ = &mut stable, if !proven => {
                                 proven = true;
                                 shared.set_usable(slot);
@@ -752,6 +909,12 @@ impl Kept {
                     if !proven {
                         proven = true;
                         shared.set_usable(slot);
+                    }
+                    // It answered: started.
+                    *turn = None;
+                    if stale.is_none() && code.has_changed().unwrap_or(false) {
+                        code.borrow_and_update();
+                        stale = Some(Box::pin(shared.turn.clone().lock_owned()));
                     }
                 }
             }
@@ -1193,6 +1356,48 @@ mod tests {
         let e = runner.invoke(inv).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::FunctionError);
         assert!(e.message.contains("closed fd 3"), "{}", e.message);
+        runner.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn reload_replaces_every_child_and_a_busy_one_finishes_first() {
+        // Each child reads the code's "version" once, at its start.
+        let dir = tempfile::tempdir().unwrap();
+        let version = dir.path().join("version");
+        std::fs::write(&version, "1").unwrap();
+        let script = format!(
+            r#"v=$(cat {}); while IFS= read -r line; do
+                case "$line" in *slow*) sleep 0.5;; esac
+                id=$(printf '%s' "$line" | sed -E 's/^\{{"id":"([^"]*)".*/\1/')
+                printf '{{"id":"%s","output":"%s"}}\n' "$id" "$v" >&3
+            done"#,
+            version.display()
+        );
+        let runner = LoopRunner::new(bash(&script), 2, Duration::ZERO);
+        runner.start().await.unwrap();
+        let call = |id: &str, payload| {
+            runner.invoke(Invocation::new(
+                id,
+                Json::from(payload),
+                Duration::from_secs(5),
+            ))
+        };
+        assert_eq!(call("e0", json!(0)).await.unwrap().to_value(), json!("1"));
+
+        std::fs::write(&version, "2").unwrap();
+        let reload = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            runner.reload().await
+        };
+        let (slow, reloaded) = tokio::join!(call("slow", json!("slow")), reload);
+        reloaded.unwrap();
+        // In flight when the code changed: answered by the child it ran on.
+        assert_eq!(slow.unwrap().to_value(), json!("1"));
+        // Both children run the new code once `reload` returns.
+        let (a, b) = tokio::join!(call("a", json!("slow")), call("b", json!("slow")));
+        assert_eq!(a.unwrap().to_value(), json!("2"));
+        assert_eq!(b.unwrap().to_value(), json!("2"));
+        assert_eq!(runner.health(), Health::Ready);
         runner.shutdown().await;
     }
 

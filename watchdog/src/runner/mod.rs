@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use runtime_sdk::Handler;
 
-use crate::config::{Config, RunnerConfig};
+use crate::config::{Config, Mode, RunnerConfig};
 use crate::shutdown::Shutdown;
 
 /// Builds the runner the configuration asks for.
@@ -19,7 +19,13 @@ pub fn build(config: &Config, shutdown: &Shutdown) -> Arc<dyn Handler> {
     match &config.runner {
         RunnerConfig::Stdio(p) => Arc::new(stdio::StdioRunner::new(p.clone())),
         RunnerConfig::File(f) => Arc::new(file::FileRunner::new(f.clone())),
-        RunnerConfig::Http(h) => Arc::new(http::HttpRunner::new(h.clone(), shutdown.clone())),
+        RunnerConfig::Http(h) => {
+            let runner = http::HttpRunner::new(h.clone(), shutdown.clone());
+            match &config.mode {
+                Mode::Warm(w) if w.reload => Arc::new(runner.reloadable()),
+                _ => Arc::new(runner),
+            }
+        }
         RunnerConfig::Loop(p) => Arc::new(kept::LoopRunner::from_config(p.clone(), config)),
         #[cfg(feature = "python")]
         RunnerConfig::Python(p) => Arc::new(runtime_python::PythonHandler::new(

@@ -134,7 +134,8 @@ fn health_body(state: &State) -> (StatusCode, serde_json::Value) {
             .unwrap_or("shutting down: finishing accepted invocations");
         return unavailable("draining", reason);
     }
-    if let Some(e) = state.start_error.get() {
+    // A load error stands until a reload (`RELOAD`) fixes it.
+    if let Some(e) = state.start_error.get().filter(|_| !state.is_ready()) {
         return unavailable("unhealthy", &format!("{}: {}", e.code, e.message));
     }
     match state.handler.health() {
@@ -273,6 +274,8 @@ pub async fn run(
     // Load the function while the server already answers /live and /health.
     {
         let state = state.clone();
+        let runner = config.runner.clone();
+        let reload = warm.reload;
         tokio::spawn(async move {
             match state.handler.start().await {
                 Ok(_) => {
@@ -283,12 +286,32 @@ pub async fn run(
                     tracing::info!(init_ms = init.as_millis() as u64, "ready");
                 }
                 // The runtime never came up: restart the container.
-                Err(e) if e.code == ErrorCode::StartupError => state.shutdown.fail(e.message),
+                Err(e) if e.code == ErrorCode::StartupError => {
+                    state.shutdown.fail(e.message);
+                    return;
+                }
                 // A load error keeps the server up to say what is wrong.
                 Err(e) => {
                     tracing::error!(code = %e.code, error = %e.message, "the function could not be loaded");
                     let _ = state.start_error.set(e);
                 }
+            }
+            if reload {
+                // After start, so a reload never races the first load; a
+                // reload that fixes a load error makes the watchdog ready.
+                let handler = state.handler.clone();
+                let shutdown = state.shutdown.clone();
+                crate::reload::spawn(&runner, handler, shutdown, move || {
+                    if !state.ready.load(Ordering::Acquire) {
+                        let init = process_start.elapsed();
+                        let _ = state.init_duration.set(init);
+                        state.ready.store(true, Ordering::Release);
+                        tracing::info!(
+                            init_ms = init.as_millis() as u64,
+                            "ready: the reloaded function loads"
+                        );
+                    }
+                });
             }
         });
     }
