@@ -185,8 +185,13 @@ def test_python_start_with_a_broken_handler_then_fixed(tmp_path):
         assert r.status_code == 200 and r.json() == {"version": 1}, r.text
 
 
-def test_python_changes_in_caches_and_editor_files_do_not_reload(tmp_path):
-    (tmp_path / "handler.py").write_text(PY_HANDLER.format(n=1))
+def test_python_module_in_a_subpackage_reloads_and_noise_does_not(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    helper = tmp_path / "pkg" / "helper.py"
+    helper.write_text("VERSION = 1\n")
+    (tmp_path / "handler.py").write_text(
+        "from pkg import helper\n\ndef handle(request):\n    return {'version': helper.VERSION}\n")
     env = clean_env(EXECUTION_MODE="PYTHON", HANDLER_PATH=tmp_path, HANDLER_MODULE="handler",
                     RELOAD="true")
     with Warm(env) as w:
@@ -195,10 +200,13 @@ def test_python_changes_in_caches_and_editor_files_do_not_reload(tmp_path):
         (tmp_path / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"x")
         (tmp_path / ".handler.py.swp").write_bytes(b"x")
         (tmp_path / "handler.py~").write_text("x")
+        (tmp_path / ".venv" / "lib").mkdir(parents=True)
+        (tmp_path / ".venv" / "lib" / "x.py").write_text("x")
         time.sleep(0.5)
         assert "files changed" not in w.logs(), w.logs()[-2000:]
-        (tmp_path / "helper.py").write_text("X = 1\n")
-        wait_until(lambda: "function reloaded" in w.logs(), 2)
+        assert w.post(json={}).json() == {"version": 1}
+        rewrite(helper, "VERSION = 2\n")
+        wait_until(lambda: w.post(json={}).json() == {"version": 2}, 2, interval=0.02)
 
 
 # -- LOOP -----------------------------------------------------------------------------

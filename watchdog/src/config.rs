@@ -230,7 +230,7 @@ struct Args {
     #[arg(long, env = names::OUTPUT_SCHEMA)]
     output_schema: Option<String>,
     /// Development: warm mode watches the function's files and reloads it when they change (PYTHON: HANDLER_PATH; LOOP, HTTP: the directories of the files named in WATCHDOG_CMD)
-    #[arg(long, env = names::RELOAD, default_value = "false", value_parser = parse_bool)]
+    #[arg(long, env = names::RELOAD, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     reload: bool,
 }
 
@@ -950,6 +950,21 @@ mod tests {
         assert!(!w
             .allowed_callback_origins
             .allows(&url::Url::parse("http://evil:8080/").unwrap()));
+    }
+
+    #[test]
+    fn reload_is_off_unless_asked_for() {
+        let warm = |env: &[(&str, &str)]| match load(env).unwrap().mode {
+            Mode::Warm(w) => w.reload,
+            Mode::Oneshot(_) => panic!("expected warm"),
+        };
+        let base = [("WATCHDOG_CMD", "cat"), ("EXECUTION_MODE", "STDIO")];
+        assert!(!warm(&base));
+        assert!(warm(&[base[0], base[1], ("RELOAD", "Yes")]));
+        assert!(!warm(&[base[0], base[1], ("RELOAD", "0")]));
+        let bad = vec!["watchdog".to_string(), "--reload=sometimes".to_string()];
+        let err = Args::try_parse_from(bad).map_err(clap_error).unwrap_err();
+        assert!(err.to_string().contains("RELOAD"), "{err}");
     }
 
     #[test]

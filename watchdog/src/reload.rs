@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use runtime_sdk::{names, Handler};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 use crate::config::RunnerConfig;
@@ -201,31 +201,15 @@ pub fn spawn(
             return;
         }
     };
-    let (watcher, mut changes) = match watch(&targets) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(
-                "{}=true: cannot watch the function's files: {e}",
-                names::RELOAD
-            );
-            return;
-        }
-    };
-    let shown: Vec<String> = targets
-        .iter()
-        .map(|t| t.dir.display().to_string())
-        .collect();
-    tracing::warn!(
-        watching = ?shown,
-        "{}=true: the function is reloaded when its files change (a development setting, not for production)",
-        names::RELOAD
-    );
     tokio::spawn(async move {
-        // Dropping the watcher ends the watch.
-        let _watcher = watcher;
+        // Walking a tree to watch it is file system work: off the workers.
+        let mut watch = match tokio::task::spawn_blocking(move || Watch::start(&targets)).await {
+            Ok(Ok(watch)) => watch,
+            _ => return, // said by `Watch::start`
+        };
         loop {
             let burst = tokio::select! {
-                burst = next_burst(&mut changes, QUIET, MAX_DELAY) => burst,
+                burst = next_burst(&mut watch.changes, QUIET, MAX_DELAY) => burst,
                 _ = shutdown.requested() => None,
             };
             let Some(paths) = burst else { break };
@@ -255,34 +239,139 @@ pub fn spawn(
     });
 }
 
-/// Starts the watcher; changed paths that are not noise arrive on the
-/// receiver.
-fn watch(
-    targets: &[Target],
-) -> notify::Result<(RecommendedWatcher, mpsc::UnboundedReceiver<PathBuf>)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let roots: Vec<PathBuf> = targets.iter().map(|t| t.dir.clone()).collect();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-            Ok(event) if is_change(&event.kind) => {
-                for path in event.paths {
-                    if !is_ignored(&roots, &path) {
-                        let _ = tx.send(path);
+/// A running watch: dropping it ends it.
+struct Watch {
+    /// Changed paths that are not noise.
+    changes: mpsc::UnboundedReceiver<PathBuf>,
+    _watcher: Arc<Mutex<RecommendedWatcher>>,
+}
+
+impl Watch {
+    /// Watches every target; logs what is watched, or why nothing is.
+    fn start(targets: &[Target]) -> notify::Result<Watch> {
+        let started = Watch::open(targets);
+        match &started {
+            Ok(_) => {
+                let shown: Vec<String> = targets
+                    .iter()
+                    .map(|t| t.dir.display().to_string())
+                    .collect();
+                tracing::warn!(
+                    watching = ?shown,
+                    "{}=true: the function is reloaded when its files change (a development setting, not for production)",
+                    names::RELOAD
+                );
+            }
+            Err(e) => tracing::error!(
+                "{}=true: cannot watch the function's files: {e}",
+                names::RELOAD
+            ),
+        }
+        started
+    }
+
+    fn open(targets: &[Target]) -> notify::Result<Watch> {
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let (dirs_tx, mut dirs) = mpsc::unbounded_channel::<PathBuf>();
+        let roots: Vec<PathBuf> = targets.iter().map(|t| t.dir.clone()).collect();
+        let trees: Vec<PathBuf> = targets
+            .iter()
+            .filter(|t| t.recursive)
+            .map(|t| t.dir.clone())
+            .collect();
+        let watcher = notify::recommended_watcher({
+            let roots = roots.clone();
+            move |event: notify::Result<Event>| match event {
+                Ok(event) if is_change(&event.kind) => {
+                    for path in event.paths {
+                        if is_ignored(&roots, &path) {
+                            continue;
+                        }
+                        // A directory new in a watched tree gets watched too
+                        // (not from here: notify's thread would wait on itself).
+                        if !matches!(event.kind, EventKind::Remove(_))
+                            && trees.iter().any(|t| path.starts_with(t))
+                            && path.is_dir()
+                        {
+                            let _ = dirs_tx.send(path.clone());
+                        }
+                        let _ = changes_tx.send(path);
                     }
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{}: watching the function's files: {e}", names::RELOAD),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("{}: watching the function's files: {e}", names::RELOAD),
         })?;
-    for t in targets {
-        let mode = if t.recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        watcher.watch(&t.dir, mode)?;
+        let watcher = Arc::new(Mutex::new(watcher));
+        {
+            let mut w = watcher.lock().unwrap_or_else(PoisonError::into_inner);
+            for t in targets {
+                if t.recursive {
+                    watch_tree(&mut w, &roots, &t.dir)?;
+                } else {
+                    w.watch(&t.dir, RecursiveMode::NonRecursive)?;
+                }
+            }
+        }
+        // Ends with the watcher, whose callback holds the sender.
+        let weak = Arc::downgrade(&watcher);
+        tokio::spawn(async move {
+            while let Some(dir) = dirs.recv().await {
+                let (Some(watcher), roots) = (weak.upgrade(), roots.clone()) else {
+                    break;
+                };
+                let _ = tokio::task::spawn_blocking(move || {
+                    let mut w = watcher.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Err(e) = watch_tree(&mut w, &roots, &dir) {
+                        tracing::debug!("{}: cannot watch {}: {e}", names::RELOAD, dir.display());
+                    }
+                })
+                .await;
+            }
+        });
+        Ok(Watch {
+            changes,
+            _watcher: watcher,
+        })
     }
-    Ok((watcher, rx))
+}
+
+/// Watches `dir` and the directories below it that are not noise, each on its
+/// own: notify's recursive mode would also watch every directory of a
+/// `.venv`, `.git` or `node_modules` inside `HANDLER_PATH`, thousands of
+/// them, only to ignore what happens there. Only `dir` itself must be
+/// watchable.
+fn watch_tree(
+    watcher: &mut RecommendedWatcher,
+    roots: &[PathBuf],
+    dir: &Path,
+) -> notify::Result<()> {
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    for sub in tree(roots, dir).into_iter().skip(1) {
+        if let Err(e) = watcher.watch(&sub, RecursiveMode::NonRecursive) {
+            tracing::debug!("{}: cannot watch {}: {e}", names::RELOAD, sub.display());
+        }
+    }
+    Ok(())
+}
+
+/// `dir` and the directories below it that are not noise, `dir` first;
+/// symbolic links are not followed (no loops, nothing outside the tree).
+fn tree(roots: &[PathBuf], dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    let mut next = 0;
+    while next < found.len() {
+        if let Ok(entries) = std::fs::read_dir(&found[next]) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) && !is_ignored(roots, &path) {
+                    found.push(path);
+                }
+            }
+        }
+        next += 1;
+    }
+    found
 }
 
 #[cfg(test)]
@@ -300,7 +389,7 @@ mod tests {
 
     /// A directory with `app/handler.js`, `app/lib/util.py` and an
     /// executable script `bin/serve.sh`.
-    fn tree() -> tempfile::TempDir {
+    fn project() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("app/lib")).unwrap();
         std::fs::create_dir_all(dir.path().join("bin")).unwrap();
@@ -322,7 +411,7 @@ mod tests {
 
     #[test]
     fn command_words_that_name_files_give_their_directories() {
-        let tree = tree();
+        let tree = project();
         let root = absolute(tree.path());
         let loop_cfg = |cmd: &[&str]| RunnerConfig::Loop(process(cmd));
         // Relative to the working directory, as the child resolves them.
@@ -352,7 +441,7 @@ mod tests {
 
     #[test]
     fn the_program_counts_only_when_it_is_a_script() {
-        let tree = tree();
+        let tree = project();
         let root = absolute(tree.path());
         let loop_cfg = |cmd: &[&str]| RunnerConfig::Loop(process(cmd));
         let t = targets(&loop_cfg(&["./bin/serve.sh", "--fast"]), &root).unwrap();
@@ -369,7 +458,7 @@ mod tests {
 
     #[test]
     fn each_runner_watches_its_own_files() {
-        let tree = tree();
+        let tree = project();
         let root = absolute(tree.path());
         let python = RunnerConfig::Python(PythonConfig {
             module: "handler".into(),
@@ -449,6 +538,67 @@ mod tests {
         assert!(is_change(&EventKind::Modify(ModifyKind::Metadata(
             MetadataKind::WriteTime
         ))));
+    }
+
+    #[test]
+    fn a_tree_is_walked_without_noise_or_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = absolute(dir.path());
+        for sub in [
+            "pkg/sub",
+            ".git/objects",
+            ".venv/lib",
+            "__pycache__",
+            "node_modules/x",
+        ] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        std::os::unix::fs::symlink(&root, root.join("loop")).unwrap();
+        let mut found = tree(std::slice::from_ref(&root), &root);
+        found.sort();
+        assert_eq!(
+            found,
+            [root.clone(), root.join("pkg"), root.join("pkg/sub")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watched_tree_follows_new_directories_and_skips_noise() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = absolute(dir.path());
+        std::fs::create_dir_all(root.join(".venv/lib")).unwrap();
+        let mut watch = Watch::open(&[Target {
+            dir: root.clone(),
+            recursive: true,
+        }])
+        .unwrap();
+        let seen = |watch: &mut Watch, want: &Path| {
+            let mut all = Vec::new();
+            while let Ok(path) = watch.changes.try_recv() {
+                all.push(path);
+            }
+            (all.iter().any(|p| p == want), all)
+        };
+        std::fs::write(root.join(".venv/lib/x.py"), "x").unwrap();
+        std::fs::create_dir(root.join("pkg")).unwrap();
+        // A file in the new directory is seen once its watch is in place.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut all = Vec::new();
+        loop {
+            std::fs::write(root.join("pkg/mod.py"), "x").unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let (found, paths) = seen(&mut watch, &root.join("pkg/mod.py"));
+            all.extend(paths);
+            if found {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never saw pkg/mod.py: {all:?}");
+        }
+        assert!(all.contains(&root.join("pkg")), "{all:?}");
+        assert!(
+            !all.iter().any(|p| p.starts_with(root.join(".venv"))),
+            "{all:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
