@@ -1364,14 +1364,16 @@ mod tests {
         // Each child reads the code's "version" once, at its start.
         let dir = tempfile::tempdir().unwrap();
         let version = dir.path().join("version");
+        let started = dir.path().join("started");
         std::fs::write(&version, "1").unwrap();
         let script = format!(
             r#"v=$(cat {}); while IFS= read -r line; do
-                case "$line" in *slow*) sleep 0.5;; esac
+                case "$line" in *slow*) touch {}; sleep 0.5;; esac
                 id=$(printf '%s' "$line" | sed -E 's/^\{{"id":"([^"]*)".*/\1/')
                 printf '{{"id":"%s","output":"%s"}}\n' "$id" "$v" >&3
             done"#,
-            version.display()
+            version.display(),
+            started.display()
         );
         let runner = LoopRunner::new(bash(&script), 2, Duration::ZERO);
         runner.start().await.unwrap();
@@ -1386,7 +1388,10 @@ mod tests {
 
         std::fs::write(&version, "2").unwrap();
         let reload = async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Once the slow invocation runs on a child.
+            while !started.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             runner.reload().await
         };
         let (slow, reloaded) = tokio::join!(call("slow", json!("slow")), reload);
