@@ -413,8 +413,9 @@ async fn async_handlers_are_cancelled_at_the_deadline() {
         .call(inv("e-after-async", json!({"fn": "handle"}), 3000))
         .await;
     assert_eq!(out, Ok(json!("ok")));
+    // Well under the 5 s sleep; loose, as a loaded CI machine is slow to switch threads.
     assert!(
-        t.elapsed() < Duration::from_millis(2000),
+        t.elapsed() < Duration::from_millis(4000),
         "{:?}",
         t.elapsed()
     );
