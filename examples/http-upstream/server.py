@@ -17,7 +17,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FORWARDED = ("x-execution-id", "x-trace-id", "traceparent", "x-dispatch-attempt", "idempotency-key")
+FORWARDED = ("x-execution-id", "x-trace-id", "traceparent", "tracestate", "x-dispatch-attempt",
+             "idempotency-key")
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -724,6 +724,7 @@ impl Pool {
             inv.deadline_unix_ms,
             inv.cold_start,
             request,
+            inv.traceparent.as_deref(),
         ))
     }
 

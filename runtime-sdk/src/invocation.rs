@@ -9,8 +9,13 @@ use crate::Payload;
 pub struct Invocation {
     pub execution_id: String,
     pub trace_id: Option<String>,
-    /// W3C trace context, forwarded as is.
+    /// The W3C `traceparent` the function sees (children's `TRACEPARENT`,
+    /// an `HTTP` runtime's header, Python's `context.traceparent`): the
+    /// watchdog's own span as parent when it exports spans, else the
+    /// caller's as it came.
     pub traceparent: Option<String>,
+    /// W3C `tracestate`, passed on with `traceparent`.
+    pub tracestate: Option<String>,
     /// `X-Dispatch-Attempt`, a positive integer.
     pub attempt: Option<u32>,
     pub idempotency_key: Option<String>,
@@ -45,6 +50,7 @@ impl Invocation {
             execution_id: execution_id.into(),
             trace_id: None,
             traceparent: None,
+            tracestate: None,
             attempt: None,
             idempotency_key: None,
             deadline: Instant::now() + timeout,

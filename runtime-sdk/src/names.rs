@@ -17,6 +17,9 @@ pub const KILL_GRACE_MS: &str = "KILL_GRACE_MS";
 // Invocation and one-shot (sections 3 and 5).
 pub const EXECUTION_ID: &str = "EXECUTION_ID";
 pub const TRACE_ID: &str = "TRACE_ID";
+/// W3C trace context: read in one-shot mode, set for children.
+pub const TRACEPARENT: &str = "TRACEPARENT";
+pub const TRACESTATE: &str = "TRACESTATE";
 pub const INVOCATION_PAYLOAD: &str = "INVOCATION_PAYLOAD";
 pub const INPUT_DATA: &str = "INPUT_DATA";
 pub const NORN_REQUEST_BODY: &str = "NORN_REQUEST_BODY";
@@ -52,6 +55,17 @@ pub const OUTPUT_SCHEMA: &str = "OUTPUT_SCHEMA";
 // Development settings (not part of the contract).
 pub const RELOAD: &str = "RELOAD";
 
+// OpenTelemetry's standard variables (span export over OTLP/HTTP).
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+pub const OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+pub const OTEL_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+
 /// Secrets that never reach a child process's environment (section 2).
 pub const SCRUBBED_FROM_CHILDREN: [&str; 3] = [CALLBACK_URL, CALLBACK_TOKEN, INVOKE_TOKEN];
 
@@ -60,6 +74,7 @@ pub mod header {
     pub const EXECUTION_ID: &str = "x-execution-id";
     pub const TRACE_ID: &str = "x-trace-id";
     pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
     pub const DISPATCH_ATTEMPT: &str = "x-dispatch-attempt";
     pub const CALLBACK_URL: &str = "x-callback-url";
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

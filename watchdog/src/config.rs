@@ -154,6 +154,12 @@ struct Args {
     /// Trace id (one-shot)
     #[arg(long, env = names::TRACE_ID)]
     trace_id: Option<String>,
+    /// W3C traceparent of the caller (one-shot; warm: the traceparent header)
+    #[arg(long, env = names::TRACEPARENT)]
+    traceparent: Option<String>,
+    /// W3C tracestate of the caller (one-shot; warm: the tracestate header)
+    #[arg(long, env = names::TRACESTATE)]
+    tracestate: Option<String>,
     /// One-shot payload (nanofaas Jobs)
     #[arg(long, env = names::INVOCATION_PAYLOAD, hide_env_values = true)]
     invocation_payload: Option<String>,
@@ -232,6 +238,33 @@ struct Args {
     /// Development: warm mode watches the function's files and reloads it when they change (PYTHON: HANDLER_PATH; LOOP, HTTP: the directories of the files named in WATCHDOG_CMD)
     #[arg(long, env = names::RELOAD, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     reload: bool,
+    /// true: export no spans whatever else is set
+    #[arg(long, env = names::OTEL_SDK_DISABLED, value_parser = parse_bool)]
+    otel_sdk_disabled: Option<bool>,
+    /// OTLP/HTTP collector base URL; spans go to {it}/v1/traces [default: no span export]
+    #[arg(long, env = names::OTEL_EXPORTER_OTLP_ENDPOINT)]
+    otel_exporter_otlp_endpoint: Option<String>,
+    /// OTLP/HTTP URL spans are POSTed to, used as is [default: from OTEL_EXPORTER_OTLP_ENDPOINT]
+    #[arg(long, env = names::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)]
+    otel_exporter_otlp_traces_endpoint: Option<String>,
+    /// OTLP protocol; only http/protobuf [default: http/protobuf]
+    #[arg(long, env = names::OTEL_EXPORTER_OTLP_PROTOCOL)]
+    otel_exporter_otlp_protocol: Option<String>,
+    /// OTLP protocol for spans, over OTEL_EXPORTER_OTLP_PROTOCOL
+    #[arg(long, env = names::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)]
+    otel_exporter_otlp_traces_protocol: Option<String>,
+    /// Time limit of one span export, in ms [default: 10000]
+    #[arg(long, env = names::OTEL_EXPORTER_OTLP_TIMEOUT, value_parser = parse_positive)]
+    otel_exporter_otlp_timeout: Option<u64>,
+    /// Time limit of one span export, in ms, over OTEL_EXPORTER_OTLP_TIMEOUT
+    #[arg(long, env = names::OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, value_parser = parse_positive)]
+    otel_exporter_otlp_traces_timeout: Option<u64>,
+    /// service.name of exported spans [default: FUNCTION_NAME]
+    #[arg(long, env = names::OTEL_SERVICE_NAME)]
+    otel_service_name: Option<String>,
+    /// Spans waiting for export before new ones are dropped (and counted)
+    #[arg(long, env = names::OTEL_BSP_MAX_QUEUE_SIZE, default_value = "2048", value_parser = parse_positive)]
+    otel_bsp_max_queue_size: u64,
 }
 
 /// A configuration problem: printed as one line, exit code 2.
@@ -366,6 +399,10 @@ impl AllowedOrigins {
 pub struct OneshotConfig {
     pub execution_id: String,
     pub trace_id: Option<String>,
+    /// `TRACEPARENT` and `TRACESTATE` as given (checked per invocation:
+    /// an invalid one is ignored, like the header in warm mode).
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub payload: PayloadSource,
     pub output: OneshotOutput,
 }
@@ -438,6 +475,21 @@ impl RunnerConfig {
     }
 }
 
+/// Span export over OTLP/HTTP: present only when an endpoint is set (and
+/// `OTEL_SDK_DISABLED` is not true). The SDK reads its other standard
+/// variables itself (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_RESOURCE_ATTRIBUTES`,
+/// `OTEL_BSP_SCHEDULE_DELAY`, ...).
+#[derive(Debug, Clone)]
+pub struct OtelConfig {
+    /// Where spans are POSTed (`.../v1/traces`).
+    pub traces_endpoint: url::Url,
+    pub service_name: String,
+    /// Limit of one export attempt.
+    pub timeout: Duration,
+    /// Spans waiting for export; past it new spans are dropped and counted.
+    pub max_queue: usize,
+}
+
 /// Schemas as given (path or inline JSON); compiled by `validate`.
 #[derive(Debug, Clone, Default)]
 pub struct SchemaConfig {
@@ -456,6 +508,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: LogLevel,
     pub schemas: SchemaConfig,
+    /// `None`: no span is exported and nothing is spent on them.
+    pub otel: Option<OtelConfig>,
 }
 
 /// Whether this binary embeds Python (the `python` cargo feature).
@@ -757,6 +811,8 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             trace_id: a.trace_id.clone(),
+            traceparent: a.traceparent.clone(),
+            tracestate: a.tracestate.clone(),
             payload,
             output: a.oneshot_output.unwrap_or(if platform_form {
                 OneshotOutput::Output
@@ -765,6 +821,8 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
             }),
         })
     };
+
+    let otel = otel_config(&a, &function_name)?;
 
     Ok(Config {
         mode,
@@ -784,7 +842,62 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
             input: a.input_schema.clone(),
             output: a.output_schema.clone(),
         },
+        otel,
     })
+}
+
+/// The standard OpenTelemetry variables the watchdog decides on itself.
+fn otel_config(a: &Args, function_name: &str) -> Result<Option<OtelConfig>, ConfigError> {
+    if a.otel_sdk_disabled == Some(true) {
+        return Ok(None);
+    }
+    let set = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    // The per-signal URL is used as is; the base URL gets the signal's path
+    // (OpenTelemetry's exporter specification).
+    let traces_endpoint = match (
+        set(&a.otel_exporter_otlp_traces_endpoint),
+        set(&a.otel_exporter_otlp_endpoint),
+    ) {
+        (Some(url), _) => parse_http_url(names::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, url.trim())?,
+        (None, Some(base)) => {
+            parse_http_url(names::OTEL_EXPORTER_OTLP_ENDPOINT, base.trim())?;
+            let joined = format!("{}/v1/traces", base.trim().trim_end_matches('/'));
+            parse_http_url(names::OTEL_EXPORTER_OTLP_ENDPOINT, &joined)?
+        }
+        (None, None) => return Ok(None),
+    };
+    for (name, value) in [
+        (
+            names::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+            &a.otel_exporter_otlp_traces_protocol,
+        ),
+        (
+            names::OTEL_EXPORTER_OTLP_PROTOCOL,
+            &a.otel_exporter_otlp_protocol,
+        ),
+    ] {
+        if let Some(p) = set(value) {
+            if p.trim() != "http/protobuf" {
+                return Err(ConfigError::invalid(
+                    name,
+                    &p,
+                    "accepted: http/protobuf (this watchdog exports spans over OTLP/HTTP only)",
+                ));
+            }
+            // The per-signal variable, when set, is the one that counts.
+            break;
+        }
+    }
+    let timeout_ms = a
+        .otel_exporter_otlp_traces_timeout
+        .or(a.otel_exporter_otlp_timeout)
+        .unwrap_or(10_000);
+    Ok(Some(OtelConfig {
+        traces_endpoint,
+        service_name: set(&a.otel_service_name).unwrap_or_else(|| function_name.to_owned()),
+        timeout: ms(timeout_ms),
+        max_queue: a.otel_bsp_max_queue_size as usize,
+    }))
 }
 
 fn parse_http_url(variable: &str, text: &str) -> Result<url::Url, ConfigError> {
@@ -965,6 +1078,72 @@ mod tests {
         let bad = vec!["watchdog".to_string(), "--reload=sometimes".to_string()];
         let err = Args::try_parse_from(bad).map_err(clap_error).unwrap_err();
         assert!(err.to_string().contains("RELOAD"), "{err}");
+    }
+
+    #[test]
+    fn spans_are_exported_only_with_an_otlp_endpoint() {
+        let base = [("WATCHDOG_CMD", "cat"), ("EXECUTION_MODE", "STDIO")];
+        assert!(load(&base).unwrap().otel.is_none());
+        let with = |extra: &[(&str, &str)]| {
+            let env: Vec<_> = base.iter().chain(extra).copied().collect();
+            load(&env)
+        };
+        let c = with(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("FUNCTION_NAME", "echo"),
+        ])
+        .unwrap();
+        let o = c.otel.unwrap();
+        assert_eq!(
+            o.traces_endpoint.as_str(),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(o.service_name, "echo");
+        assert_eq!(o.timeout, Duration::from_secs(10));
+        let o = with(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://other:4318/traces",
+            ),
+            ("OTEL_SERVICE_NAME", "svc"),
+        ])
+        .unwrap()
+        .otel
+        .unwrap();
+        assert_eq!(o.traces_endpoint.as_str(), "http://other:4318/traces");
+        assert_eq!(o.service_name, "svc");
+        let off = with(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ])
+        .unwrap();
+        assert!(off.otel.is_none());
+    }
+
+    #[test]
+    fn otlp_over_grpc_or_a_bad_endpoint_is_a_configuration_error() {
+        let err = load(&[
+            ("WATCHDOG_CMD", "cat"),
+            ("EXECUTION_MODE", "STDIO"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            "{err}"
+        );
+        let err = load(&[
+            ("WATCHDOG_CMD", "cat"),
+            ("EXECUTION_MODE", "STDIO"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{err}"
+        );
     }
 
     #[test]

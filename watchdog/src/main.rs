@@ -1,6 +1,7 @@
 use std::time::Instant;
 
 use watchdog::config::{Config, ConfigError, Mode};
+use watchdog::otel::Spans;
 use watchdog::shutdown::Shutdown;
 use watchdog::validate::Validator;
 use watchdog::{logging, metrics::Metrics, oneshot, reaper, runner, warm};
@@ -46,7 +47,25 @@ fn main() {
         watchdog::shutdown::on_signal(&shutdown);
         let handler = runner::build(&config, &shutdown);
         let metrics = Metrics::new(&config.function_name, handler.mode());
-        match &config.mode {
+        // Before any port is bound: an exporter that cannot be built is a
+        // configuration error.
+        let spans = match &config.otel {
+            Some(cfg) => match Spans::start(
+                cfg,
+                &config.function_name,
+                handler.mode(),
+                &metrics,
+                tokio::runtime::Handle::current(),
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("watchdog: configuration error: {e}");
+                    return EXIT_CONFIG;
+                }
+            },
+            None => None,
+        };
+        let code = match &config.mode {
             Mode::Warm(warm_cfg) => {
                 warm::run(
                     &config,
@@ -56,13 +75,22 @@ fn main() {
                     metrics,
                     shutdown,
                     process_start,
+                    spans.clone(),
                 )
                 .await
             }
             Mode::Oneshot(o) => {
-                oneshot::run(&config, o, handler, validator, metrics, shutdown, stdout).await
+                let spans = spans.clone();
+                oneshot::run(
+                    &config, o, handler, validator, metrics, shutdown, stdout, spans,
+                )
+                .await
             }
+        };
+        if let Some(s) = &spans {
+            s.shutdown(watchdog::otel::FLUSH_LIMIT).await;
         }
+        code
     });
     // Background tasks (a stuck Python thread, a blocked read) must not
     // keep the process alive past its answer.

@@ -1,7 +1,7 @@
 //! Prometheus metrics of contract section 7. Label handles for the hot path
 //! are resolved once, so recording an invocation is a few atomic adds.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -29,6 +29,8 @@ struct Inner {
     client_disconnects: IntCounter,
     /// Only for the PYTHON runner.
     stuck_threads: Option<IntGauge>,
+    /// Only when spans are exported.
+    spans_dropped: OnceLock<IntCounter>,
 }
 
 impl Metrics {
@@ -138,6 +140,7 @@ impl Metrics {
                 init_duration: init.with_label_values(&[function]),
                 client_disconnects: disconnects.with_label_values(&[function]),
                 stuck_threads,
+                spans_dropped: OnceLock::new(),
                 rejected,
                 callbacks,
                 function: function.to_owned(),
@@ -186,6 +189,26 @@ impl Metrics {
 
     pub fn client_disconnect(&self) {
         self.inner.client_disconnects.inc();
+    }
+
+    /// `watchdog_trace_spans_dropped_total{function}`, registered on first
+    /// use: only a watchdog that exports spans shows it.
+    pub fn trace_spans_dropped(&self) -> IntCounter {
+        let i = &self.inner;
+        i.spans_dropped
+            .get_or_init(|| {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "watchdog_trace_spans_dropped_total",
+                        "Spans not exported: the export queue was full or the collector failed",
+                    ),
+                    &["function"],
+                )
+                .unwrap();
+                let _ = i.registry.register(Box::new(c.clone()));
+                c.with_label_values(&[&i.function])
+            })
+            .clone()
     }
 
     pub fn init_duration(&self, d: Duration) {

@@ -11,8 +11,10 @@ use tracing::Instrument;
 use crate::callback::{self, CallbackClient, Delivery};
 use crate::config::{Config, OneshotConfig, OneshotOutput, PayloadSource};
 use crate::metrics::Metrics;
+use crate::otel::{Recording, Spans};
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
+use crate::tracecontext::TraceContext;
 use crate::validate::Validator;
 
 /// Exit codes of section 5.
@@ -28,8 +30,18 @@ pub async fn run(
     metrics: Metrics,
     shutdown: Shutdown,
     stdout: Option<std::fs::File>,
+    spans: Option<Spans>,
 ) -> i32 {
-    let span = crate::logging::invocation_span(&oneshot.execution_id, oneshot.trace_id.as_deref());
+    // TRACEPARENT is honoured like the header in warm mode; TRACE_ID wins.
+    let mut trace = TraceContext::read(
+        oneshot.traceparent.as_deref(),
+        oneshot.tracestate.as_deref(),
+    );
+    if let Some(s) = &spans {
+        s.open(&mut trace);
+    }
+    let trace_id = oneshot.trace_id.clone().or_else(|| trace.trace_id());
+    let span = crate::logging::invocation_span(&oneshot.execution_id, trace_id.as_deref());
     async {
         let payload = read_payload(&oneshot.payload);
         let request_id = payload
@@ -38,16 +50,19 @@ pub async fn run(
             .and_then(|p| crate::alyx::request_id(p.as_bytes()));
 
         let mut inv = Invocation::new(oneshot.execution_id.clone(), Json::null(), config.timeout);
-        inv.trace_id = oneshot.trace_id.clone();
+        inv.trace_id = trace_id;
+        trace.apply(&mut inv);
         inv.function_name = config.function_name.clone();
         inv.cold_start = true;
         let ids = callback::Ids::of(&inv);
         let pipeline = crate::pipeline::build(handler.clone(), validator.clone(), metrics.clone());
+        let recording = (spans.as_ref())
+            .and_then(|s| s.begin(&trace, &inv, std::time::Instant::now(), "init"));
 
         // A SIGTERM (the Job deleted, its deadline passed) cancels the run;
         // the result is still reported, so nothing ends silently.
         let result = tokio::select! {
-            r = execute(config, &handler, &validator, &metrics, pipeline, payload, inv) => r,
+            r = execute(config, &handler, &validator, &metrics, pipeline, payload, inv, recording.as_ref()) => r,
             _ = shutdown.requested() => Err(match shutdown.fatal_reason() {
                 // The runtime itself failed (the HTTP runtime exited): say so.
                 Some(reason) => InvokeError::new(ErrorCode::FunctionError, reason),
@@ -56,6 +71,9 @@ pub async fn run(
                 ),
             }),
         };
+        if let Some(r) = &recording {
+            r.end(&result);
+        }
         handler.shutdown().await;
         match &result {
             Ok(_) => tracing::info!("function succeeded"),
@@ -92,6 +110,7 @@ pub async fn run(
 }
 
 /// The input check, start-up, then the pipeline called once.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     config: &Config,
     handler: &Arc<dyn Handler>,
@@ -100,6 +119,7 @@ async fn execute(
     pipeline: Pipeline,
     payload: Result<Json, InvokeError>,
     mut inv: Invocation,
+    recording: Option<&Recording>,
 ) -> InvokeResult {
     inv.payload = payload?.into();
     validator.check_input(&inv.payload)?;
@@ -108,6 +128,9 @@ async fn execute(
     metrics.init_duration(started.elapsed());
     // The deadline counts from when the function is ready (section 5).
     inv.restart_deadline(config.timeout);
+    if let Some(r) = recording {
+        r.running();
+    }
     let output = match pipeline.oneshot(inv).await {
         Ok(result) => result?,
         Err(never) => match never {},

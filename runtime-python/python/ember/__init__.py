@@ -92,7 +92,9 @@ class Context:
 
     `attempt` is `X-Dispatch-Attempt` (1 when the control plane did not say),
     `deadline_ms` the deadline as Unix milliseconds, `cold_start` true for the first
-    invocation after start-up. `logger` is a `logging.LoggerAdapter` whose records carry
+    invocation after start-up. `traceparent` is the W3C trace context to continue in
+    spans of your own (the watchdog's span of this invocation as parent when it exports
+    spans, else the caller's), or None. `logger` is a `logging.LoggerAdapter` whose records carry
     the execution id and trace id, so the watchdog's log can tie them to this invocation.
     """
 
@@ -104,6 +106,7 @@ class Context:
         "deadline_ms",
         "cold_start",
         "request",
+        "traceparent",
         "_logger",
     )
 
@@ -116,6 +119,7 @@ class Context:
         deadline_ms: int = 0,
         cold_start: bool = False,
         request: Optional[Request] = None,
+        traceparent: Optional[str] = None,
     ) -> None:
         self.execution_id = execution_id
         self.trace_id = trace_id
@@ -124,6 +128,7 @@ class Context:
         self.deadline_ms = deadline_ms
         self.cold_start = cold_start
         self.request = request
+        self.traceparent = traceparent
         self._logger: Optional[logging.LoggerAdapter] = None
 
     def remaining_ms(self) -> int:
@@ -144,5 +149,6 @@ class Context:
         return (
             f"Context(execution_id={self.execution_id!r}, trace_id={self.trace_id!r}, "
             f"attempt={self.attempt!r}, function_name={self.function_name!r}, "
-            f"deadline_ms={self.deadline_ms!r}, cold_start={self.cold_start!r})"
+            f"deadline_ms={self.deadline_ms!r}, cold_start={self.cold_start!r}, "
+            f"traceparent={self.traceparent!r})"
         )

@@ -36,6 +36,7 @@ class Context:
     deadline_ms: int
     cold_start: bool
     request: Optional[Request]
+    traceparent: Optional[str]
     def __init__(
         self,
         execution_id: str,
@@ -45,6 +46,7 @@ class Context:
         deadline_ms: int = 0,
         cold_start: bool = False,
         request: Optional[Request] = None,
+        traceparent: Optional[str] = None,
     ) -> None: ...
     def remaining_ms(self) -> int: ...
     @property

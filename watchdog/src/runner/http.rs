@@ -229,7 +229,9 @@ impl HttpRunner {
         let forwarded = [
             (header::EXECUTION_ID, Some(&inv.execution_id)),
             (header::TRACE_ID, inv.trace_id.as_ref()),
+            // The watchdog's span as parent when it records one.
             (header::TRACEPARENT, inv.traceparent.as_ref()),
+            (header::TRACESTATE, inv.tracestate.as_ref()),
             (header::IDEMPOTENCY_KEY, inv.idempotency_key.as_ref()),
         ];
         for (name, value) in forwarded {

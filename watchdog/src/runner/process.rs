@@ -38,10 +38,22 @@ pub fn command(cfg: &ProcessConfig, inv: Option<&Invocation>) -> Command {
     }
     if let Some(inv) = inv {
         cmd.env(names::EXECUTION_ID, &inv.execution_id);
-        match &inv.trace_id {
-            Some(t) => cmd.env(names::TRACE_ID, t),
-            None => cmd.env_remove(names::TRACE_ID),
-        };
+        // The invocation's own, never one the watchdog inherited.
+        for (name, value) in [
+            (names::TRACE_ID, &inv.trace_id),
+            (names::TRACEPARENT, &inv.traceparent),
+            (names::TRACESTATE, &inv.tracestate),
+        ] {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
+    } else {
+        // A process kept across invocations: no invocation's trace context
+        // (in one-shot mode the watchdog's own TRACEPARENT is the caller's).
+        cmd.env_remove(names::TRACEPARENT);
+        cmd.env_remove(names::TRACESTATE);
     }
     // A group of its own, so a timeout can reach grandchildren too.
     cmd.process_group(0);

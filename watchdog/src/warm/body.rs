@@ -163,7 +163,7 @@ impl<S> ReadBody<S> {
         inv.set_deadline(deadline, budget);
         inv.cold_start = state.cold.swap(false, Ordering::AcqRel);
         inv.trace_id = meta.trace_id.clone();
-        inv.traceparent = meta.traceparent.clone();
+        meta.trace.apply(&mut inv);
         inv.attempt = meta.attempt;
         inv.idempotency_key = meta.idempotency_key.clone();
         inv.request = request;

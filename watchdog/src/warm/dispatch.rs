@@ -67,12 +67,18 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
     let (deadline, budget) = (inv.deadline, inv.budget());
     let execution_id = inv.execution_id.clone();
     let pipeline = state.pipeline.clone();
+    let arrived = meta.arrived.unwrap_or_else(std::time::Instant::now);
+    let recording =
+        (state.spans.as_ref()).and_then(|s| s.begin(&meta.trace, &inv, arrived, "queue"));
     let run = async {
         // Queued time counts against the deadline (section 4).
         let Ok(slot) = tokio::time::timeout_at(deadline.into(), ticket.slot()).await else {
             state.metrics.timeout();
             return (Err(InvokeError::timeout(&execution_id, budget)), None);
         };
+        if let Some(r) = &recording {
+            r.running();
+        }
         let result = match pipeline.oneshot(inv).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -126,6 +132,10 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         }
     };
     drop(slot);
+    // A stream's run ends with its last value.
+    if let Some(r) = &recording {
+        r.end(&result);
+    }
     if let Some(url) = target {
         state.callbacks.spawn(Delivery::new(url, &ids, &result));
     }

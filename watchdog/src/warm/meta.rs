@@ -8,12 +8,17 @@ use hyper::HeaderMap;
 use runtime_sdk::names::header;
 use runtime_sdk::{ErrorCode, InvokeError};
 
+use crate::otel::Spans;
+use crate::tracecontext::TraceContext;
+
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     /// `X-Execution-Id`, else the `EXECUTION_ID` fallback.
     pub execution_id: Option<String>,
+    /// `X-Trace-Id`, else the W3C trace id.
     pub trace_id: Option<String>,
-    pub traceparent: Option<String>,
+    /// `traceparent`/`tracestate`, and the watchdog's span when recorded.
+    pub trace: TraceContext,
     pub attempt: Option<u32>,
     pub idempotency_key: Option<String>,
     pub callback_url: Option<String>,
@@ -65,7 +70,7 @@ impl RequestMeta {
         (self.arrived.unwrap_or_else(Instant::now) + budget, budget)
     }
 
-    pub fn read(headers: &HeaderMap, fallback_id: Option<&str>) -> Self {
+    pub fn read(headers: &HeaderMap, fallback_id: Option<&str>, spans: Option<&Spans>) -> Self {
         let mut problem = None;
         let mut positive = |name: &str| -> Option<u64> {
             let raw = text(headers, name)?;
@@ -85,6 +90,10 @@ impl RequestMeta {
         let attempt = positive(header::DISPATCH_ATTEMPT).map(|n| n.min(u32::MAX as u64) as u32);
         let timeout_ms = positive(header::TIMEOUT_MS);
         let from_header = text(headers, header::EXECUTION_ID);
+        let mut trace = TraceContext::from_headers(headers);
+        if let Some(spans) = spans {
+            spans.open(&mut trace);
+        }
         RequestMeta {
             id_from_header: from_header.is_some(),
             accepts_event_stream: headers
@@ -93,8 +102,9 @@ impl RequestMeta {
                 .is_some_and(|v| v.contains("text/event-stream")),
             alyx: OnceLock::new(),
             execution_id: from_header.or_else(|| fallback_id.map(str::to_owned)),
-            trace_id: text(headers, header::TRACE_ID),
-            traceparent: text(headers, header::TRACEPARENT),
+            // X-Trace-Id keeps winning for logs and the callback.
+            trace_id: text(headers, header::TRACE_ID).or_else(|| trace.trace_id()),
+            trace,
             attempt,
             idempotency_key: text(headers, header::IDEMPOTENCY_KEY),
             callback_url: text(headers, header::CALLBACK_URL),
@@ -113,24 +123,53 @@ mod tests {
     fn header_wins_over_the_env_fallback() {
         let mut h = HeaderMap::new();
         assert_eq!(
-            RequestMeta::read(&h, Some("env")).execution_id.as_deref(),
+            RequestMeta::read(&h, Some("env"), None)
+                .execution_id
+                .as_deref(),
             Some("env")
         );
         h.insert("x-execution-id", "hdr".parse().unwrap());
         assert_eq!(
-            RequestMeta::read(&h, Some("env")).execution_id.as_deref(),
+            RequestMeta::read(&h, Some("env"), None)
+                .execution_id
+                .as_deref(),
             Some("hdr")
         );
+    }
+
+    #[test]
+    fn the_w3c_trace_id_is_the_trace_id_unless_x_trace_id_names_one() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let m = RequestMeta::read(&h, None, None);
+        assert_eq!(
+            m.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        h.insert("x-trace-id", "t-1".parse().unwrap());
+        assert_eq!(
+            RequestMeta::read(&h, None, None).trace_id.as_deref(),
+            Some("t-1")
+        );
+        // An invalid traceparent is ignored, never a problem.
+        h.insert("traceparent", "00-nope".parse().unwrap());
+        let m = RequestMeta::read(&h, None, None);
+        assert!(m.problem.is_none() && m.trace.incoming.is_none());
     }
 
     #[test]
     fn malformed_numbers_are_a_problem() {
         let mut h = HeaderMap::new();
         h.insert("x-timeout-ms", "soon".parse().unwrap());
-        let m = RequestMeta::read(&h, None);
+        let m = RequestMeta::read(&h, None, None);
         assert!(m.problem.unwrap().message.contains("x-timeout-ms"));
         let mut h = HeaderMap::new();
         h.insert("x-dispatch-attempt", "2".parse().unwrap());
-        assert_eq!(RequestMeta::read(&h, None).attempt, Some(2));
+        assert_eq!(RequestMeta::read(&h, None, None).attempt, Some(2));
     }
 }

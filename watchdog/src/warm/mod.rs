@@ -226,6 +226,7 @@ pub async fn drain(state: &State, limit: Duration) {
 }
 
 /// Runs warm mode until a signal or a fatal fault; returns the exit code.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: &Config,
     warm: &WarmConfig,
@@ -234,6 +235,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: Shutdown,
     process_start: Instant,
+    spans: Option<crate::otel::Spans>,
 ) -> i32 {
     let listener = match TcpListener::bind(warm.listen).await {
         Ok(l) => l,
@@ -246,15 +248,18 @@ pub async fn run(
         }
     };
     let callbacks = CallbackClient::new(config.callback.clone(), metrics.clone());
-    let state = Arc::new(State::new(
-        warm.clone(),
-        config.timeout,
-        handler.clone(),
-        metrics.clone(),
-        callbacks.clone(),
-        validator,
-        shutdown.clone(),
-    ));
+    let state = Arc::new(
+        State::new(
+            warm.clone(),
+            config.timeout,
+            handler.clone(),
+            metrics.clone(),
+            callbacks.clone(),
+            validator,
+            shutdown.clone(),
+        )
+        .with_spans(spans),
+    );
     tracing::info!(
         listen = %warm.listen,
         mode = handler.mode(),

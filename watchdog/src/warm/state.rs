@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use crate::callback::CallbackClient;
 use crate::config::WarmConfig;
 use crate::metrics::Metrics;
+use crate::otel::Spans;
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::validate::Validator;
@@ -25,6 +26,8 @@ pub struct State {
     /// Catch-panic, deadline, measure, output check, runner.
     pub pipeline: Pipeline,
     pub shutdown: Shutdown,
+    /// Span export, when configured (`OTEL_EXPORTER_OTLP_*`).
+    pub spans: Option<Spans>,
     /// Cancelled when `DRAIN_TIMEOUT_MS` passes: whatever still runs is
     /// stopped and answered with `CANCELLED`.
     pub stop_running: CancellationToken,
@@ -64,6 +67,7 @@ impl State {
             metrics,
             validator,
             shutdown,
+            spans: None,
             stop_running: CancellationToken::new(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -73,6 +77,12 @@ impl State {
             accepted: AtomicUsize::new(0),
             idle: Notify::new(),
         }
+    }
+
+    /// Exports a span per invocation through `spans`.
+    pub fn with_spans(mut self, spans: Option<Spans>) -> Self {
+        self.spans = spans;
+        self
     }
 
     pub fn is_ready(&self) -> bool {

@@ -54,7 +54,11 @@ where
     }
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
-        let mut meta = RequestMeta::read(req.headers(), self.state.config.execution_id.as_deref());
+        let mut meta = RequestMeta::read(
+            req.headers(),
+            self.state.config.execution_id.as_deref(),
+            self.state.spans.as_ref(),
+        );
         let inner = self.inner.clone();
         let state = self.state.clone();
         Box::pin(async move {
