@@ -29,7 +29,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_http::{HttpClient, HttpError, Request, Response};
+use opentelemetry_http::{HttpClient, HttpError, Request, Response, ResponseBodyTooLarge};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -98,7 +98,28 @@ impl Spans {
             .with_attribute(KeyValue::new("faas.name", function.to_owned()))
             .build();
         exporter.set_resource(&resource);
+        tracing::info!(
+            endpoint = %cfg.traces_endpoint,
+            service = %cfg.service_name,
+            "exporting a span per invocation over OTLP/HTTP"
+        );
+        Ok(Spans::with_exporter(
+            exporter,
+            cfg.max_queue,
+            function,
+            mode,
+            metrics,
+        ))
+    }
 
+    /// The batch processor in front of `exporter` (tests pass their own).
+    pub fn with_exporter<E: SpanExporter + 'static>(
+        exporter: E,
+        max_queue: usize,
+        function: &str,
+        mode: &'static str,
+        metrics: &Metrics,
+    ) -> Spans {
         let pending = Arc::new(AtomicUsize::new(0));
         let dropped = metrics.trace_spans_dropped();
         let counted = Counted {
@@ -110,21 +131,16 @@ impl Spans {
         // Batch size and delay come from OTEL_BSP_* (read by the SDK); the
         // queue's size is the bound checked in `submit`.
         let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(cfg.max_queue)
+            .with_max_queue_size(max_queue)
             .build();
         let processor = BatchSpanProcessor::builder(counted)
             .with_batch_config(batch)
             .build();
-        tracing::info!(
-            endpoint = %cfg.traces_endpoint,
-            service = %cfg.service_name,
-            "exporting a span per invocation over OTLP/HTTP"
-        );
-        Ok(Spans {
+        Spans {
             inner: Arc::new(Inner {
                 processor,
                 pending,
-                capacity: cfg.max_queue,
+                capacity: max_queue,
                 dropped,
                 scope: InstrumentationScope::builder("ember-watchdog")
                     .with_version(env!("CARGO_PKG_VERSION"))
@@ -133,7 +149,7 @@ impl Spans {
                 mode,
                 ids: RandomIdGenerator::default(),
             }),
-        })
+        }
     }
 
     /// Gives the invocation the watchdog's span (and a new trace when the
@@ -412,7 +428,7 @@ impl HttpClient for OnRuntime {
             let mut body = BytesMut::new();
             while let Some(chunk) = resp.chunk().await? {
                 if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                    return Err::<_, HttpError>("the collector's answer is too large".into());
+                    return Err::<_, HttpError>(Box::new(ResponseBodyTooLarge::new()));
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -422,5 +438,141 @@ impl HttpClient for OnRuntime {
             Ok(answer)
         });
         sent.await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime_sdk::{ErrorCode, InvokeError, Json};
+    use std::sync::Mutex;
+
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Keeps what it is given, or fails every export; a closed gate holds
+    /// exports until it opens.
+    #[derive(Debug, Clone, Default)]
+    struct Collector {
+        spans: Arc<Mutex<Vec<SpanData>>>,
+        fail: bool,
+        gate: Option<Arc<(Mutex<bool>, std::sync::Condvar)>>,
+    }
+
+    impl SpanExporter for Collector {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            if let Some(gate) = &self.gate {
+                let (open, cv) = &**gate;
+                let _open = cv.wait_while(open.lock().unwrap(), |open| !*open).unwrap();
+            }
+            if self.fail {
+                return Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                    "the collector is down".into(),
+                ));
+            }
+            self.spans.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    fn invocation(spans: &Spans, traceparent: Option<&str>) -> (Recording, TraceContext) {
+        let mut trace = TraceContext::read(traceparent, Some("vendor=v1"));
+        spans.open(&mut trace);
+        let mut inv = Invocation::new("e1", Json::null(), Duration::from_secs(1));
+        trace.apply(&mut inv);
+        let r = spans.begin(&trace, &inv, Instant::now(), "queue").unwrap();
+        (r, trace)
+    }
+
+    #[tokio::test]
+    async fn an_invocation_is_a_span_with_a_wait_and_a_run_child() {
+        let metrics = Metrics::new("echo", "FAKE");
+        let collector = Collector::default();
+        let spans = Spans::with_exporter(collector.clone(), 16, "echo", "FAKE", &metrics);
+        let (r, trace) = invocation(&spans, Some(CALLER));
+        r.running();
+        r.end(&Err(InvokeError::new(ErrorCode::FunctionError, "boom")));
+        spans.shutdown(Duration::from_secs(2)).await;
+
+        let got = collector.spans.lock().unwrap().clone();
+        let by_name = |n: &str| got.iter().find(|s| s.name == n).unwrap().clone();
+        let (invoke, queue, run) = (by_name("invoke echo"), by_name("queue"), by_name("run"));
+        let own = trace.own.unwrap();
+        assert_eq!(invoke.span_context.span_id().to_bytes(), own.parent_id);
+        assert_eq!(invoke.span_context.trace_id().to_bytes(), own.trace_id);
+        assert_eq!(format!("{}", invoke.parent_span_id), "00f067aa0ba902b7");
+        assert!(invoke.parent_span_is_remote);
+        assert_eq!(invoke.span_context.trace_state().header(), "vendor=v1");
+        for child in [&queue, &run] {
+            assert_eq!(child.parent_span_id, invoke.span_context.span_id());
+            assert!(invoke.start_time <= child.start_time && child.end_time <= invoke.end_time);
+        }
+        assert!(queue.end_time <= run.start_time);
+        let attr = |k: &str| {
+            invoke
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attr("ember.error_code").as_deref(), Some("FUNCTION_ERROR"));
+        assert_eq!(attr("ember.success").as_deref(), Some("false"));
+        assert_eq!(attr("ember.execution_id").as_deref(), Some("e1"));
+        assert!(matches!(invoke.status, Status::Error { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_says_not_sampled_gets_no_span() {
+        let metrics = Metrics::new("echo", "FAKE");
+        let spans = Spans::with_exporter(Collector::default(), 16, "echo", "FAKE", &metrics);
+        let mut trace = TraceContext::read(Some(&CALLER.replace("-01", "-00")), None);
+        spans.open(&mut trace);
+        let inv = Invocation::new("e1", Json::null(), Duration::from_secs(1));
+        assert!(spans.begin(&trace, &inv, Instant::now(), "queue").is_none());
+        spans.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn spans_of_a_failed_export_are_counted_as_dropped() {
+        let metrics = Metrics::new("echo", "FAKE");
+        let collector = Collector {
+            fail: true,
+            ..Collector::default()
+        };
+        let spans = Spans::with_exporter(collector, 16, "echo", "FAKE", &metrics);
+        let (r, _) = invocation(&spans, None);
+        r.running();
+        r.end(&Ok(Json::null().into()));
+        spans.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(metrics.trace_spans_dropped().get(), 3);
+        assert!(metrics
+            .render()
+            .contains(r#"watchdog_trace_spans_dropped_total{function="echo"} 3"#));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_new_spans_without_waiting() {
+        let metrics = Metrics::new("echo", "FAKE");
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let collector = Collector {
+            gate: Some(gate.clone()),
+            ..Collector::default()
+        };
+        let spans = Spans::with_exporter(collector.clone(), 4, "echo", "FAKE", &metrics);
+        let started = Instant::now();
+        for _ in 0..10 {
+            let (r, _) = invocation(&spans, None);
+            r.running();
+            r.end(&Ok(Json::null().into()));
+        }
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // At most a queue's worth waits, and one batch (at most the queue's
+        // size) may be held by the stuck export: the rest is dropped.
+        let dropped = metrics.trace_spans_dropped().get();
+        assert!(dropped >= 30 - 2 * 4, "{dropped}");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        spans.shutdown(Duration::from_secs(2)).await;
+        let exported = collector.spans.lock().unwrap().len() as u64;
+        assert_eq!(exported + metrics.trace_spans_dropped().get(), 30);
     }
 }
