@@ -9,7 +9,8 @@ import time
 import pytest
 import requests
 
-from harness import EXAMPLES, FIXTURES, PY, REPO, Warm, clean_env, free_port, kill_pid, pid_alive, run_oneshot, wait_until
+from harness import (EXAMPLES, FIXTURES, PY, REPO, CallbackServer, Warm, clean_env, free_port, kill_pid,
+                     pid_alive, run_oneshot, wait_until)
 
 SERVER_CMD = "python3 examples/http-upstream/server.py"  # relative: the watchdog runs with cwd=REPO
 
@@ -188,3 +189,167 @@ def test_launcher_exiting_0_with_external_upstream_works():
     finally:
         upstream.kill()
         upstream.wait(5)
+
+
+# --- a launcher (`WATCHDOG_CMD="sleep 0"`) in front of a runtime that is already up --------------
+# nanofaas runs `EXECUTION_MODE=HTTP WATCHDOG_CMD="sleep 0"` when something else started the
+# runtime. Its health may answer before `sleep 0` has exited; that exit (status 0) is a
+# launcher's, never a failure by itself (section 2).
+
+LAUNCHER_RUNS = 30
+
+
+@pytest.fixture
+def external_upstream():
+    """examples/http-upstream/server.py started here, not by the watchdog; yields (port, Popen)."""
+    port = free_port()
+    proc = subprocess.Popen([PY, str(EXAMPLES / "http-upstream" / "server.py")],
+                            env=clean_env(PORT=port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200, 10)
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # in case a test stopped it
+            proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def cpu_burner():
+    """One busy loop per core for the test's duration, so the launcher's exit and the
+    runtime's first health answer race as they do on a loaded node."""
+    burners = [subprocess.Popen([PY, "-c", "while True: pass"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+               for _ in range(os.cpu_count() or 2)]
+    time.sleep(0.2)  # let them get going
+    try:
+        yield
+    finally:
+        for b in burners:
+            b.kill()
+        for b in burners:
+            b.wait(5)
+
+
+def test_launcher_oneshot_succeeds_every_time_under_cpu_load(external_upstream, cpu_burner):
+    port, upstream = external_upstream
+    failures = []
+    with CallbackServer() as cb:
+        for i in range(LAUNCHER_RUNS):
+            env = http_env(port, WATCHDOG_CMD="sleep 0", EXECUTION_ID=f"exec-launcher-{i}",
+                           INVOCATION_PAYLOAD=json.dumps({"input": {"run": i}}), CALLBACK_URL=cb.url)
+            cp = run_oneshot(env, cwd=REPO, timeout=30)
+            got = cb.wait_for(i + 1)[i]
+            body = got["body"]
+            ok = (cp.returncode == 0 and got["path"] == f"/cb/exec-launcher-{i}:complete"
+                  and body.get("success") is True
+                  and body["output"]["payload"] == {"input": {"run": i}}
+                  and body["output"]["pid"] == upstream.pid)
+            if not ok:
+                failures.append((i, cp.returncode, body, cp.stderr.decode(errors="replace")[-2000:]))
+    assert not failures, f"{len(failures)} of {LAUNCHER_RUNS} one-shot runs failed; first: {failures[0]}"
+
+
+def test_launcher_warm_stays_ready_every_time_under_cpu_load(external_upstream, cpu_burner):
+    port, upstream = external_upstream
+    failures = []
+    for i in range(LAUNCHER_RUNS):
+        with Warm(http_env(port, WATCHDOG_CMD="sleep 0"), cwd=REPO) as w:
+            first = w.post(json={"run": i})
+            # By now `sleep 0` has long exited; the watchdog must not have taken that for a
+            # dead runtime.
+            time.sleep(0.3)
+            second = w.post(json={"run": i, "again": True})
+            health = w.get("/health")
+            ok = (first.status_code == 200 and first.json()["pid"] == upstream.pid
+                  and second.status_code == 200 and health.status_code == 200
+                  and w.proc.poll() is None)
+            if not ok:
+                failures.append((i, first.status_code, first.text, second.status_code, second.text,
+                                 health.status_code, w.proc.poll(), w.logs()[-2000:]))
+    assert not failures, f"{len(failures)} of {LAUNCHER_RUNS} warm runs failed; first: {failures[0]}"
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_launched_runtime_that_stops_answering_health_ends_warm_watchdog(external_upstream, how):
+    """Warm mode keeps polling HEALTH_URL (every second) once the launcher is gone; a
+    runtime silent for READY_TIMEOUT_MS is a dead one: not ready, exit non-zero. `killed`
+    refuses connections at once; `stopped` (SIGSTOP) accepts them and never answers."""
+    port, upstream = external_upstream
+    ready_timeout = 2.0
+    env = http_env(port, WATCHDOG_CMD="sleep 0", READY_TIMEOUT_MS=int(ready_timeout * 1000))
+    with Warm(env, cwd=REPO) as w:
+        assert w.post(json={"before": 1}).status_code == 200
+        time.sleep(1.5)  # the launcher is gone and the watch has polled at least once
+        assert w.get("/health").status_code == 200
+        silenced = time.monotonic()
+        upstream.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        statuses = set()
+
+        def exited():
+            try:
+                statuses.add(w.get("/health", timeout=0.5).json()["status"])
+            except (requests.RequestException, ValueError):
+                pass
+            return w.proc.poll() is not None
+
+        wait_until(exited, ready_timeout + 3, interval=0.02)
+        took = time.monotonic() - silenced
+        assert w.proc.returncode != 0
+        # Never before the runtime has been silent for READY_TIMEOUT_MS (less the up-to-one
+        # second since its last answer), never later than READY_TIMEOUT_MS plus a second.
+        assert ready_timeout - 1.0 <= took <= ready_timeout + 1.0, took
+        assert statuses <= {"ok", "draining", "unhealthy"}, statuses
+        assert "HEALTH_URL" in w.logs() and "READY_TIMEOUT_MS" in w.logs()
+
+
+# --- what a 2xx answer's body becomes (section 2) -------------------------------------------------
+
+@pytest.mark.parametrize("raw, content_type, expected", [
+    ("not json {", "application/json", None),
+    ("hello", "text/plain", "hello"),
+    ("<b>hi</b>\n", "text/html; charset=utf-8", "<b>hi</b>\n"),
+    ('{"a": [1, 2]}', "text/plain", {"a": [1, 2]}),  # JSON is JSON, whatever its label
+    ("not json {", None, None),
+    ("", None, None),
+    ("not json {", "application/octet-stream", None),
+])
+def test_2xx_answer_is_json_or_declared_text(upstream_pids, raw, content_type, expected):
+    with CallbackServer() as cb:
+        env = http_env(free_port(), CALLBACK_URL=cb.url)
+        with Warm(env, cwd=REPO) as w:
+            r = w.post(json={"input": {"raw": raw, "content_type": content_type}},
+                       headers={"X-Execution-Id": "exec-answer"})
+            got = cb.wait_for(1)[0]
+            assert got["path"] == "/cb/exec-answer:complete"
+            if expected is None:
+                msg = assert_error(r, 500, "FUNCTION_ERROR")
+                assert "Invalid JSON output" in msg, msg
+                assert got["body"]["success"] is False, got
+                assert got["body"]["error"]["code"] == "FUNCTION_ERROR", got
+                assert "Invalid JSON output" in got["body"]["error"]["message"], got
+                assert got["body"]["output"] is None
+            else:
+                assert r.status_code == 200, r.text
+                assert r.json() == expected
+                assert got["body"] == {"success": True, "output": expected, "error": None}
+            # The runtime is still fine afterwards.
+            assert invoke(w, upstream_pids, {"after": 1}).status_code == 200
+
+
+def test_oneshot_text_answer_is_the_output_and_invalid_json_is_function_error():
+    port = free_port()
+    with CallbackServer() as cb:
+        for i, (spec, ok) in enumerate([({"raw": "hello", "content_type": "text/plain"}, True),
+                                        ({"raw": "nope", "content_type": "application/json"}, False)]):
+            env = http_env(port, EXECUTION_ID=f"exec-raw-{i}", CALLBACK_URL=cb.url,
+                           INVOCATION_PAYLOAD=json.dumps({"input": spec}))
+            cp = run_oneshot(env, cwd=REPO, timeout=20)
+            assert cp.returncode == 0, cp.stderr.decode(errors="replace")
+            body = cb.wait_for(i + 1)[i]["body"]
+            if ok:
+                assert body == {"success": True, "output": "hello", "error": None}
+            else:
+                assert body["success"] is False and body["error"]["code"] == "FUNCTION_ERROR", body
+                assert "Invalid JSON output" in body["error"]["message"], body

@@ -7,7 +7,9 @@ GET /health answers 200; POST /invoke echoes the payload and the forwarded heade
 
 A payload object (or its "input" object) may ask for test behaviours:
 {"status": 500} answers with that status, {"sleep": 1.5} sleeps first,
-{"exit": 1} exits the server with that code right after answering.
+{"exit": 1} exits the server with that code right after answering,
+{"raw": "text", "content_type": "text/plain"} answers 200 with that body as it is and that
+Content-Type (`"content_type": null` sends none).
 UPSTREAM_START_DELAY (seconds) delays listening, to show readiness waits on health.
 """
 
@@ -24,10 +26,11 @@ FORWARDED = ("x-execution-id", "x-trace-id", "traceparent", "tracestate", "x-dis
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every answer has Content-Length
 
-    def _send(self, status, body):
-        data = json.dumps(body).encode()
+    def _send(self, status, body, content_type="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -57,6 +60,8 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(float(spec["sleep"]))
         if "status" in spec:
             self._send(int(spec["status"]), {"error": f"upstream asked to answer {spec['status']}"})
+        elif "raw" in spec:
+            self._send(200, spec["raw"].encode(), spec.get("content_type"))
         else:
             headers = {k: self.headers[k] for k in FORWARDED if self.headers.get(k) is not None}
             self._send(200, {"payload": payload, "headers": headers, "pid": os.getpid()})

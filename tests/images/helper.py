@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Host-side helpers for tests/images/run (standard library only).
 
-  serve PORTFILE LOGFILE             callback server: records every request as a JSON line
+  serve PORTFILE LOGFILE [CERT KEY]  callback server: records every request as a JSON line
+                                     (HTTPS with CERT and KEY, PEM files)
   freeport                           prints a free TCP port on 127.0.0.1
   wait-health URL TIMEOUT_S START_NS polls URL until 200; prints ms since START_NS (ns clock)
   invoke URL EXEC_ID BODY [TIMEOUT_S] POST /invoke; prints {"status", "headers", "body"}
+  get URL TIMEOUT_S                  GET URL once it answers at all; prints {"status", "body"}
+  image-files                        reads `podman save` (docker-archive) on stdin; prints the
+                                     number of layers, then every path that is not a directory
   callback LOGFILE EXEC_ID TIMEOUT_S waits for POST .../EXEC_ID:complete; prints it
   no-callback LOGFILE EXEC_ID WAIT_S fails if such a callback arrives within WAIT_S
   expect JSON EXPR                   exits 0 if the Python EXPR, with v = the parsed JSON, is true
@@ -17,6 +21,7 @@ import http.server
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -24,7 +29,7 @@ import urllib.parse
 import zipfile
 
 
-def serve(portfile, logfile):
+def serve(portfile, logfile, certfile=None, keyfile=None):
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -59,10 +64,15 @@ def serve(portfile, logfile):
 
         def handle_error(self, request, client_address):
             # A client that closes its keep-alive connection (a container that exits) is normal.
-            if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            # A client that rejects our certificate (the test without the CA) too.
+            if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, ssl.SSLError)):
                 super().handle_error(request, client_address)
 
     srv = Server(("127.0.0.1", 0), Handler)
+    if certfile:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certfile, keyfile)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     with open(portfile + ".tmp", "w") as f:
         f.write(str(srv.server_address[1]))
     os.rename(portfile + ".tmp", portfile)
@@ -114,6 +124,43 @@ def invoke(url, exec_id, body, timeout_s="30"):
                           "body": parsed}))
     except OSError as e:
         print(json.dumps({"status": None, "error": repr(e)}))
+    return 0
+
+
+def get(url, timeout_s):
+    u = urllib.parse.urlsplit(url)
+    deadline = time.monotonic() + float(timeout_s)
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection(u.hostname, u.port, timeout=1)
+            c.request("GET", u.path or "/")
+            r = c.getresponse()
+            raw = r.read()
+            c.close()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode("utf-8", "replace")
+            print(json.dumps({"status": r.status, "body": parsed}))
+            return 0
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.02)
+    print(json.dumps({"status": None, "error": last}))
+    return 1
+
+
+def image_files():
+    import io
+    import tarfile
+    outer = tarfile.open(fileobj=io.BytesIO(sys.stdin.buffer.read()))
+    manifest = json.load(outer.extractfile("manifest.json"))[0]
+    names = set()
+    for layer in manifest["Layers"]:
+        with tarfile.open(fileobj=outer.extractfile(layer)) as inner:
+            names.update("/" + m.name.lstrip("./") for m in inner.getmembers() if not m.isdir())
+    print(len(manifest["Layers"]), " ".join(sorted(names)))
     return 0
 
 
@@ -190,7 +237,7 @@ def wheel(directory):
     return 0
 
 
-COMMANDS = {"serve": serve, "freeport": freeport, "wait-health": wait_health, "invoke": invoke,
+COMMANDS = {"serve": serve, "freeport": freeport, "wait-health": wait_health, "invoke": invoke, "get": get, "image-files": image_files,
             "callback": callback, "no-callback": no_callback, "expect": expect, "wheel": wheel}
 
 if __name__ == "__main__":

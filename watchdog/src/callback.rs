@@ -111,6 +111,23 @@ pub struct CallbackClient {
     tracker: TaskTracker,
 }
 
+/// An error and what caused it, on one line: reqwest's own text ("error
+/// sending request") does not say whether DNS, the connection or the TLS
+/// certificate (`UnknownIssuer`) failed; its sources do.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl CallbackClient {
     pub fn new(cfg: CallbackConfig, metrics: Metrics) -> Self {
         let http = reqwest::Client::builder()
@@ -172,7 +189,7 @@ impl CallbackClient {
                         self.cfg.timeout.as_millis()
                     )
                 } else {
-                    format!("{e}")
+                    with_causes(&e)
                 },
             }),
         }
@@ -241,6 +258,37 @@ mod tests {
 
     fn u(s: &str) -> url::Url {
         url::Url::parse(s).unwrap()
+    }
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn attempt_errors_say_what_caused_them() {
+        let tls = Layer("invalid peer certificate: UnknownIssuer", None);
+        let io = Layer(
+            "invalid peer certificate: UnknownIssuer",
+            Some(Box::new(tls)),
+        );
+        let e = Layer(
+            "error sending request for url (https://cp/)",
+            Some(Box::new(io)),
+        );
+        assert_eq!(
+            with_causes(&e),
+            "error sending request for url (https://cp/): invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(with_causes(&Layer("alone", None)), "alone");
     }
 
     #[test]

@@ -434,6 +434,9 @@ pub struct HttpConfig {
     pub ready_timeout: Duration,
     /// `MAX_OUTPUT_BYTES` for the runtime's answer.
     pub max_output: usize,
+    /// Warm mode: once no child is left to watch (none was started, or it was
+    /// a launcher that exited 0), `HEALTH_URL` keeps being polled (section 2).
+    pub watch_health: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -729,6 +732,7 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
                 health_url,
                 ready_timeout: ms(a.ready_timeout_ms),
                 max_output,
+                watch_health: warm,
             })
         }
         RunnerKind::Stdio => RunnerConfig::Stdio(process(argv)?),

@@ -6,6 +6,12 @@ use watchdog::shutdown::Shutdown;
 use watchdog::validate::Validator;
 use watchdog::{logging, metrics::Metrics, oneshot, reaper, runner, warm};
 
+/// The static build links musl, whose malloc is slow under the warm server's
+/// many small allocations from several threads; glibc builds keep glibc's.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration error (contract section 1).
 const EXIT_CONFIG: i32 = 2;
 

@@ -481,6 +481,7 @@ mod tests {
                 health_url: url::Url::parse("http://127.0.0.1:8081/health").unwrap(),
                 ready_timeout: Duration::from_secs(1),
                 max_output: 1,
+                watch_health: true,
             })
         };
         let t = targets(&http(Some(process(&["node", "app/handler.js"]))), &root).unwrap();

@@ -6,8 +6,7 @@
 //! flight finish, new ones wait, the runtime is stopped, started again and
 //! waited for on `HEALTH_URL`, then the waiting invocations go to it.
 
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,13 +22,21 @@ use runtime_sdk::{
     Output,
 };
 use tokio::sync::{watch, RwLock};
+use tokio_util::sync::CancellationToken;
 
-use super::process::{self, ProcessGroup, Tail};
+use super::process::{self, ProcessGroup, SharedTail, Tail};
 use crate::config::HttpConfig;
 use crate::shutdown::Shutdown;
 
 /// How often `HEALTH_URL` is polled while starting (section 2).
 const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// How often it is polled in warm mode once no child is left to watch
+/// (section 2).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one health request may take before it counts as no answer.
+const HEALTH_REQUEST_LIMIT: Duration = Duration::from_secs(1);
 
 pub struct HttpRunner {
     cfg: HttpConfig,
@@ -44,12 +51,13 @@ pub struct HttpRunner {
     restart: Option<RwLock<()>>,
 }
 
-/// The runtime process the watchdog started.
+/// The runtime the watchdog started (or, without `WATCHDOG_CMD`, waited for).
 struct Runtime {
-    group: ProcessGroup,
-    /// Set when the watchdog stops it for a restart: its exit is then no
-    /// fault.
-    retired: Arc<AtomicBool>,
+    /// `None` without `WATCHDOG_CMD`.
+    group: Option<ProcessGroup>,
+    /// Cancelled when the watchdog stops it (restart, shutdown): its
+    /// supervision ends, and its exit is then no fault.
+    retired: CancellationToken,
 }
 
 impl HttpRunner {
@@ -77,70 +85,35 @@ impl HttpRunner {
         self
     }
 
-    async fn healthy(&self, uri: &Uri) -> bool {
-        let req = Request::get(uri.clone())
-            .body(Full::new(Bytes::new()))
-            .expect("valid request");
-        match tokio::time::timeout(Duration::from_secs(1), self.client.request(req)).await {
-            Ok(Ok(resp)) => {
-                let ok = resp.status().is_success();
-                let _ = resp.into_body().collect().await;
-                ok
-            }
-            _ => false,
-        }
-    }
-
     async fn start_runtime(&self) -> Result<(), InvokeError> {
         let started = Instant::now();
-        let mut exited: Option<watch::Receiver<Option<std::process::ExitStatus>>> = None;
         let tail = Arc::new(Mutex::new(Tail::default()));
-        let retired = Arc::new(AtomicBool::new(false));
-        if let Some(pcfg) = &self.cfg.process {
-            let mut cmd = process::command(pcfg, None);
-            let port = self.cfg.runtime_url.port_or_known_default().unwrap_or(80);
-            cmd.env(names::PORT, port.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let (mut child, group) = process::spawn(&mut cmd, &pcfg.argv[0])
-                .map_err(|e| InvokeError::new(ErrorCode::StartupError, e.message))?;
-            *self.child.lock().unwrap() = Some(Runtime {
-                group,
-                retired: retired.clone(),
-            });
-            process::forward_lines(child.stdout.take().expect("piped"), "stdout", None);
-            process::forward_lines(
-                child.stderr.take().expect("piped"),
-                "stderr",
-                Some(tail.clone()),
-            );
-            let (tx, rx) = watch::channel(None);
-            tokio::spawn(async move {
-                let status = child.wait().await.ok();
-                crate::reaper::untrack(group.pgid);
-                let _ = tx.send(status);
-            });
-            exited = Some(rx);
-        }
+        let retired = CancellationToken::new();
+        let (group, child) = match &self.cfg.process {
+            Some(pcfg) => {
+                let (group, rx) = self.spawn_child(pcfg, &tail)?;
+                (Some(group), Some(rx))
+            }
+            None => (None, None),
+        };
+        *self.child.lock().unwrap() = Some(Runtime {
+            group,
+            retired: retired.clone(),
+        });
 
-        let health_uri: Uri = self.cfg.health_url.as_str().parse().expect("validated URL");
+        let probe = HealthProbe::new(self.client.clone(), &self.cfg.health_url);
         let deadline = started + self.cfg.ready_timeout;
         loop {
-            if self.healthy(&health_uri).await {
+            if probe.answers().await {
                 break;
             }
-            if let Some(rx) = &exited {
-                if let Some(status) = *rx.borrow() {
-                    // Exit 0 before ready: a launcher (`sleep 0`); keep polling.
-                    if !status.success() {
-                        let e = process::exit_error(status, &tail.lock().unwrap().text());
-                        return Err(self.startup_failed(format!(
-                            "the runtime stopped before {} answered: {}",
-                            self.cfg.health_url, e.message
-                        )));
-                    }
-                }
+            // Exit 0 is a launcher's (`sleep 0`): polling goes on (section 2).
+            if let Some(ChildState::Failed(status)) = child.as_ref().map(|rx| *rx.borrow()) {
+                return Err(self.startup_failed(format!(
+                    "the runtime stopped before {} answered: {}",
+                    self.cfg.health_url,
+                    exit_message(status, &tail)
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(self.startup_failed(format!(
@@ -153,32 +126,50 @@ impl HttpRunner {
         }
         *self.health.lock().unwrap() = Health::Ready;
 
-        // A runtime still running at ready time that exits later is fatal:
-        // report not ready and let the orchestrator restart the container.
-        if let Some(mut rx) = exited {
-            if rx.borrow().is_none() {
-                let health = self.health.clone();
-                let shutdown = self.shutdown.clone();
-                let tail = tail.clone();
-                tokio::spawn(async move {
-                    let _ = rx.changed().await;
-                    if retired.load(Ordering::Acquire)
-                        || (shutdown.is_requested() && shutdown.fatal_reason().is_none())
-                    {
-                        return; // we stopped it ourselves
-                    }
-                    let status = *rx.borrow();
-                    let how = match status {
-                        Some(s) => process::exit_error(s, &tail.lock().unwrap().text()).message,
-                        None => "the runtime ended".into(),
-                    };
-                    let reason = format!("the HTTP runtime exited: {how}");
-                    *health.lock().unwrap() = Health::Unhealthy(reason.clone());
-                    shutdown.fail(reason);
-                });
+        tokio::spawn(
+            Supervisor {
+                probe,
+                health_url: self.cfg.health_url.to_string(),
+                ready_timeout: self.cfg.ready_timeout,
+                watch_health: self.cfg.watch_health,
+                health: self.health.clone(),
+                shutdown: self.shutdown.clone(),
+                retired,
+                tail,
             }
-        }
+            .run(child),
+        );
         Ok(())
+    }
+
+    /// Starts `WATCHDOG_CMD` with `PORT` set to the runtime's port; the
+    /// receiver tells what became of it.
+    fn spawn_child(
+        &self,
+        pcfg: &crate::config::ProcessConfig,
+        tail: &SharedTail,
+    ) -> Result<(ProcessGroup, watch::Receiver<ChildState>), InvokeError> {
+        let mut cmd = process::command(pcfg, None);
+        let port = self.cfg.runtime_url.port_or_known_default().unwrap_or(80);
+        cmd.env(names::PORT, port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let (mut child, group) = process::spawn(&mut cmd, &pcfg.argv[0])
+            .map_err(|e| InvokeError::new(ErrorCode::StartupError, e.message))?;
+        process::forward_lines(child.stdout.take().expect("piped"), "stdout", None);
+        process::forward_lines(
+            child.stderr.take().expect("piped"),
+            "stderr",
+            Some(tail.clone()),
+        );
+        let (tx, rx) = watch::channel(ChildState::Running);
+        tokio::spawn(async move {
+            let state = ChildState::from_wait(child.wait().await);
+            crate::reaper::untrack(group.pgid);
+            let _ = tx.send(state);
+        });
+        Ok((group, rx))
     }
 
     fn startup_failed(&self, message: String) -> InvokeError {
@@ -197,8 +188,10 @@ impl HttpRunner {
         let _alone = restart.write().await;
         let old = self.child.lock().unwrap().take();
         if let Some(old) = old {
-            old.retired.store(true, Ordering::Release);
-            old.group.stop(pcfg.kill_grace).await;
+            old.retired.cancel();
+            if let Some(group) = old.group {
+                group.stop(pcfg.kill_grace).await;
+            }
         }
         self.start_runtime().await
     }
@@ -262,6 +255,7 @@ impl HttpRunner {
             )
         })?;
         let status = resp.status();
+        let content_type = resp.headers().get(CONTENT_TYPE).cloned();
         let limit = self.cfg.max_output;
         // Read as it comes, stopped at MAX_OUTPUT_BYTES (section 10).
         let bytes = match Limited::new(resp.into_body(), limit).collect().await {
@@ -287,10 +281,7 @@ impl HttpRunner {
                 ),
             ));
         }
-        Ok(Output::json(match Json::parse(bytes.clone()) {
-            Ok(json) => json,
-            Err(_) => Json::string(&String::from_utf8_lossy(&bytes)),
-        }))
+        output_of_answer(content_type.as_ref(), bytes)
     }
 }
 
@@ -316,7 +307,11 @@ impl Handler for HttpRunner {
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
-        let group = self.child.lock().unwrap().take().map(|r| r.group);
+        let runtime = self.child.lock().unwrap().take();
+        let group = runtime.and_then(|r| {
+            r.retired.cancel();
+            r.group
+        });
         let grace = self
             .cfg
             .process
@@ -328,5 +323,390 @@ impl Handler for HttpRunner {
                 g.stop(grace).await;
             }
         })
+    }
+}
+
+/// What became of the runtime's child process (section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildState {
+    Running,
+    /// Exited 0: a launcher (`sleep 0` in front of a runtime started by
+    /// something else). Never a failure by itself: the runtime's health
+    /// decides from then on.
+    Launched,
+    /// Exited non-zero or by a signal (`None`: it could not be waited for).
+    Failed(Option<ExitStatus>),
+}
+
+impl ChildState {
+    fn from_wait(waited: std::io::Result<ExitStatus>) -> Self {
+        match waited {
+            Ok(status) if status.success() => ChildState::Launched,
+            Ok(status) => ChildState::Failed(Some(status)),
+            Err(_) => ChildState::Failed(None),
+        }
+    }
+}
+
+fn exit_message(status: Option<ExitStatus>, tail: &SharedTail) -> String {
+    match status {
+        Some(s) => process::exit_error(s, &tail.lock().unwrap().text()).message,
+        None => "the runtime's process ended and its status could not be read".into(),
+    }
+}
+
+/// `GET HEALTH_URL`: does the runtime answer 2xx?
+#[derive(Clone)]
+struct HealthProbe {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+}
+
+impl HealthProbe {
+    fn new(client: Client<HttpConnector, Full<Bytes>>, url: &url::Url) -> Self {
+        let uri = url.as_str().parse().expect("validated URL");
+        HealthProbe { client, uri }
+    }
+
+    async fn answers(&self) -> bool {
+        let req = Request::get(self.uri.clone())
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        match tokio::time::timeout(HEALTH_REQUEST_LIMIT, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let ok = resp.status().is_success();
+                let _ = resp.into_body().collect().await;
+                ok
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Once ready: watches the child while it runs, then (warm mode) the
+/// runtime's health, and turns a dead runtime into "not ready, exit
+/// non-zero" so the orchestrator restarts the container (section 2).
+struct Supervisor {
+    probe: HealthProbe,
+    health_url: String,
+    ready_timeout: Duration,
+    watch_health: bool,
+    health: Arc<Mutex<Health>>,
+    shutdown: Shutdown,
+    retired: CancellationToken,
+    tail: SharedTail,
+}
+
+impl Supervisor {
+    async fn run(self, child: Option<watch::Receiver<ChildState>>) {
+        let watched_since = match child {
+            Some(_) => "its command exited 0 (a launcher)",
+            None => "it was started by something else (no WATCHDOG_CMD)",
+        };
+        if let Some(rx) = child {
+            let state = tokio::select! {
+                s = until_exited(rx) => s,
+                _ = self.ending() => return,
+            };
+            match state {
+                ChildState::Launched => tracing::info!(
+                    "the runtime's command exited 0: taken for a launcher, the runtime's health decides from now on"
+                ),
+                ChildState::Failed(status) => {
+                    let how = exit_message(status, &self.tail);
+                    return self.dead(format!("the HTTP runtime exited: {how}"));
+                }
+                ChildState::Running => unreachable!("until_exited waits for an exit"),
+            }
+        }
+        if self.watch_health {
+            tokio::select! {
+                reason = self.until_silent(watched_since) => self.dead(reason),
+                _ = self.ending() => {}
+            }
+        }
+    }
+
+    /// Polls `HEALTH_URL` every second until it has not answered 2xx for
+    /// `READY_TIMEOUT_MS`; returns why the runtime is taken for dead.
+    async fn until_silent(&self, watched_since: &str) -> String {
+        let mut watch = HealthWatch::new(Instant::now(), self.ready_timeout);
+        let mut next = Instant::now() + WATCH_EVERY;
+        loop {
+            tokio::time::sleep_until(next.into()).await;
+            // A runtime that takes connections but never answers must not
+            // get a second more than its limit.
+            let answered = tokio::select! {
+                ok = self.probe.answers() => ok,
+                _ = tokio::time::sleep_until(watch.dead_at().into()) => false,
+            };
+            match watch.observe(answered, Instant::now()) {
+                Verdict::PollAt(at) => next = at,
+                Verdict::Dead { silent_for } => {
+                    return format!(
+                        "the HTTP runtime has not answered 2xx on HEALTH_URL {} for {} ms (READY_TIMEOUT_MS={}); {watched_since}, so its health is all that tells it is alive",
+                        self.health_url,
+                        silent_for.as_millis(),
+                        self.ready_timeout.as_millis()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The watchdog is draining, or has stopped this runtime (restart,
+    /// shutdown): nothing to watch.
+    async fn ending(&self) {
+        tokio::select! {
+            _ = self.shutdown.requested() => {}
+            _ = self.retired.cancelled() => {}
+        }
+    }
+
+    fn dead(&self, reason: String) {
+        if self.retired.is_cancelled()
+            || (self.shutdown.is_requested() && self.shutdown.fatal_reason().is_none())
+        {
+            return; // we stopped it ourselves
+        }
+        *self.health.lock().unwrap() = Health::Unhealthy(reason.clone());
+        self.shutdown.fail(reason);
+    }
+}
+
+/// Waits until the child is no longer running.
+async fn until_exited(mut rx: watch::Receiver<ChildState>) -> ChildState {
+    loop {
+        let state = *rx.borrow_and_update();
+        if state != ChildState::Running {
+            return state;
+        }
+        if rx.changed().await.is_err() {
+            return ChildState::Failed(None);
+        }
+    }
+}
+
+/// The rule for a runtime with no child left to watch (section 2): dead once
+/// `HEALTH_URL` has not answered 2xx for `READY_TIMEOUT_MS`, polled every
+/// second, and at that limit exactly.
+#[derive(Debug)]
+struct HealthWatch {
+    last_answer: Instant,
+    limit: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    PollAt(Instant),
+    Dead { silent_for: Duration },
+}
+
+impl HealthWatch {
+    /// Watching starts as if the runtime had just answered: it was healthy
+    /// at ready time, or the launcher has just exited.
+    fn new(now: Instant, limit: Duration) -> Self {
+        HealthWatch {
+            last_answer: now,
+            limit,
+        }
+    }
+
+    fn dead_at(&self) -> Instant {
+        self.last_answer + self.limit
+    }
+
+    fn observe(&mut self, answered: bool, now: Instant) -> Verdict {
+        if answered {
+            self.last_answer = now;
+            return Verdict::PollAt(now + WATCH_EVERY);
+        }
+        if now >= self.dead_at() {
+            return Verdict::Dead {
+                silent_for: now - self.last_answer,
+            };
+        }
+        Verdict::PollAt((now + WATCH_EVERY).min(self.dead_at()))
+    }
+}
+
+/// A 2xx answer's body as the function's output (section 2): a JSON body
+/// is the output; a body that is not JSON is one only when the runtime
+/// labelled it `text/*`, and the output is then that text as a JSON string.
+fn output_of_answer(content_type: Option<&HeaderValue>, body: Bytes) -> InvokeResult {
+    let body = match Json::parse(body.clone()) {
+        Ok(json) => return Ok(Output::json(json)),
+        Err(_) => body,
+    };
+    let label = content_type.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let invalid = |what: String| InvokeError::new(ErrorCode::FunctionError, what);
+    match label.as_deref() {
+        Some(l) if is_text(l) => match std::str::from_utf8(&body) {
+            Ok(text) => Ok(Output::json(Json::string(text))),
+            Err(e) => Err(invalid(format!(
+                "Invalid JSON output: the runtime answered Content-Type {l} with a body that is not UTF-8 (at byte {})",
+                e.valid_up_to()
+            ))),
+        },
+        _ => {
+            let said = match &label {
+                Some(l) => format!("Content-Type {l}"),
+                None => "no Content-Type".to_owned(),
+            };
+            let text = String::from_utf8_lossy(&body);
+            let shown = if text.trim().is_empty() {
+                "an empty body".to_owned()
+            } else {
+                format!("{:?}", process::preview(text.trim(), 200))
+            };
+            Err(invalid(format!(
+                "Invalid JSON output: the runtime answered 2xx with {said} and {shown}; answer JSON, or label text with Content-Type text/*"
+            )))
+        }
+    }
+}
+
+/// Whether a `Content-Type` value names a `text/*` media type.
+fn is_text(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    media.len() > 5 && media[..5].eq_ignore_ascii_case("text/")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn answer(content_type: Option<&'static str>, body: &'static str) -> InvokeResult {
+        output_of_answer(
+            content_type.map(HeaderValue::from_static).as_ref(),
+            Bytes::from_static(body.as_bytes()),
+        )
+    }
+
+    fn output(r: InvokeResult) -> serde_json::Value {
+        r.expect("should succeed").to_value()
+    }
+
+    fn invalid_json(r: InvokeResult) -> String {
+        let e = r.expect_err("should fail");
+        assert_eq!(e.code, ErrorCode::FunctionError);
+        assert!(e.message.contains("Invalid JSON output"), "{}", e.message);
+        e.message
+    }
+
+    #[test]
+    fn json_body_is_the_output_whatever_its_label() {
+        let v = serde_json::json!({"a": [1, 2]});
+        assert_eq!(
+            output(answer(Some("application/json"), r#"{"a": [1, 2]}"#)),
+            v
+        );
+        assert_eq!(output(answer(Some("text/plain"), r#"{"a": [1, 2]}"#)), v);
+        assert_eq!(output(answer(None, " 42\n")), serde_json::json!(42));
+    }
+
+    #[test]
+    fn text_body_labelled_text_is_a_json_string_to_the_byte() {
+        assert_eq!(output(answer(Some("text/plain"), "hello")), "hello");
+        assert_eq!(
+            output(answer(Some("Text/HTML ; charset=utf-8"), "<b>hi</b>\n")),
+            "<b>hi</b>\n"
+        );
+        assert_eq!(output(answer(Some("text/plain"), "")), "");
+    }
+
+    #[test]
+    fn body_not_json_without_a_text_label_is_invalid_json_output() {
+        let m = invalid_json(answer(Some("application/json"), "not json {"));
+        assert!(
+            m.contains("application/json") && m.contains("not json {"),
+            "{m}"
+        );
+        let m = invalid_json(answer(None, "hello"));
+        assert!(m.contains("no Content-Type"), "{m}");
+        assert!(invalid_json(answer(None, "")).contains("an empty body"));
+        invalid_json(answer(Some("application/octet-stream"), "hello"));
+        invalid_json(answer(Some("texts/plain"), "hello"));
+        invalid_json(answer(Some("text/"), "hello"));
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_invalid() {
+        let ct = HeaderValue::from_static("text/plain");
+        let m = invalid_json(output_of_answer(Some(&ct), Bytes::from_static(b"ab\xff")));
+        assert!(m.contains("not UTF-8 (at byte 2)"), "{m}");
+    }
+
+    #[test]
+    fn exit_0_is_a_launcher_anything_else_a_failure() {
+        let ok = ExitStatus::from_raw(0);
+        let code3 = ExitStatus::from_raw(3 << 8);
+        let killed = ExitStatus::from_raw(9);
+        assert_eq!(ChildState::from_wait(Ok(ok)), ChildState::Launched);
+        assert_eq!(
+            ChildState::from_wait(Ok(code3)),
+            ChildState::Failed(Some(code3))
+        );
+        assert_eq!(
+            ChildState::from_wait(Ok(killed)),
+            ChildState::Failed(Some(killed))
+        );
+        assert_eq!(
+            ChildState::from_wait(Err(std::io::Error::other("gone"))),
+            ChildState::Failed(None)
+        );
+    }
+
+    #[tokio::test]
+    async fn until_exited_sees_an_exit_that_came_before_it_looked() {
+        let (tx, rx) = watch::channel(ChildState::Running);
+        tx.send(ChildState::Launched).unwrap();
+        assert_eq!(until_exited(rx).await, ChildState::Launched);
+        let (tx, rx) = watch::channel(ChildState::Running);
+        drop(tx);
+        assert_eq!(until_exited(rx).await, ChildState::Failed(None));
+    }
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn health_watch_polls_every_second_while_answered() {
+        let t0 = Instant::now();
+        let mut w = HealthWatch::new(t0, 3 * SEC);
+        assert_eq!(w.observe(true, t0 + SEC), Verdict::PollAt(t0 + 2 * SEC));
+        assert_eq!(w.dead_at(), t0 + 4 * SEC);
+        // Answered again much later: the limit counts from the last answer.
+        assert_eq!(
+            w.observe(true, t0 + 10 * SEC),
+            Verdict::PollAt(t0 + 11 * SEC)
+        );
+    }
+
+    #[test]
+    fn health_watch_is_dead_at_the_limit_exactly_not_a_poll_later() {
+        let t0 = Instant::now();
+        let limit = Duration::from_millis(2500);
+        let mut w = HealthWatch::new(t0, limit);
+        assert_eq!(w.observe(false, t0 + SEC), Verdict::PollAt(t0 + 2 * SEC));
+        // The next whole second would pass the limit: poll at the limit.
+        assert_eq!(w.observe(false, t0 + 2 * SEC), Verdict::PollAt(t0 + limit));
+        assert_eq!(
+            w.observe(false, t0 + limit),
+            Verdict::Dead { silent_for: limit }
+        );
+    }
+
+    #[test]
+    fn health_watch_forgives_silence_shorter_than_the_limit() {
+        let t0 = Instant::now();
+        let mut w = HealthWatch::new(t0, 2 * SEC);
+        assert_eq!(w.observe(false, t0 + SEC), Verdict::PollAt(t0 + 2 * SEC));
+        assert_eq!(
+            w.observe(true, t0 + Duration::from_millis(1900)),
+            Verdict::PollAt(t0 + Duration::from_millis(2900))
+        );
+        assert_eq!(w.dead_at(), t0 + Duration::from_millis(3900));
     }
 }
