@@ -127,6 +127,38 @@ def invoke(url, exec_id, body, timeout_s="30"):
     return 0
 
 
+def alyx_invoke(url, request_id, timeout_s="30"):
+    """Alyx's warm-pool call: polls GET /health every 100 ms (30 s at most), then POSTs
+    its request with no X-Execution-Id; prints the status and the parsed body."""
+    u = urllib.parse.urlsplit(url)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            c = http.client.HTTPConnection(u.hostname, u.port, timeout=1)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            print(json.dumps({"status": None, "error": "never healthy"}))
+            return 0
+        time.sleep(0.1)
+    body = {"request_id": request_id, "function": "echo", "input": {"hello": "alyx"},
+            "context": {"tenant": "t"}}
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=float(timeout_s))
+    c.request("POST", "/invoke", body=json.dumps(body).encode(),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    raw = r.read()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = raw.decode("utf-8", "replace")
+    print(json.dumps({"status": r.status, "body": parsed}))
+    return 0
+
+
 def get(url, timeout_s):
     u = urllib.parse.urlsplit(url)
     deadline = time.monotonic() + float(timeout_s)
@@ -237,7 +269,7 @@ def wheel(directory):
     return 0
 
 
-COMMANDS = {"serve": serve, "freeport": freeport, "wait-health": wait_health, "invoke": invoke, "get": get, "image-files": image_files,
+COMMANDS = {"serve": serve, "freeport": freeport, "wait-health": wait_health, "invoke": invoke, "alyx-invoke": alyx_invoke, "get": get, "image-files": image_files,
             "callback": callback, "no-callback": no_callback, "expect": expect, "wheel": wheel}
 
 if __name__ == "__main__":
