@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -107,6 +107,8 @@ struct Slot {
     name: String,
     /// `threading.get_ident()` of the thread, the id `PyThreadState_SetAsyncExc` takes.
     ident: AtomicU64,
+    /// The thread's Python state, whose stack is looked at before raising in it.
+    tstate: AtomicPtr<ffi::PyThreadState>,
     /// The invocation this thread runs. Locked only briefly and never across a Python
     /// call (a Python call may release the GIL, and a thread waiting for this lock while
     /// holding the GIL would deadlock with one waiting for the GIL while holding it).
@@ -286,6 +288,7 @@ impl Pool {
         let slot = Arc::new(Slot {
             name: format!("ember-py-{n}"),
             ident: AtomicU64::new(0),
+            tstate: AtomicPtr::new(std::ptr::null_mut()),
             running: Mutex::new(None),
             runner: OnceLock::new(),
             abandoned: AtomicBool::new(false),
@@ -409,6 +412,9 @@ impl Pool {
                 Ok(id) => slot.ident.store(id, Ordering::Relaxed),
                 Err(e) => tracing::warn!(thread = %slot.name, "no Python thread id: {e}"),
             }
+            // SAFETY: attached, so this thread has a state; it keeps it until it exits.
+            slot.tstate
+                .store(unsafe { ffi::PyThreadState_Get() }, Ordering::Release);
             // The last job's answer, sent once the GIL is released: the caller's next job
             // may go to another thread, which then finds the GIL free instead of waking
             // up only to wait for this one to let go of it.
@@ -747,11 +753,11 @@ impl Pool {
         // watchdog gave up on it earlier (a client gone with no callback target, a drain).
         thread::sleep(deadline.saturating_duration_since(Instant::now()));
         let grace = self.cfg.kill_grace;
+        let give_up = deadline + grace;
         let Some(slot) = self.slot_running(seq) else {
             return; // finished, or still queued (it will be skipped)
         };
-        let Some(is_async) = Python::try_attach(|py| raise_in(py, &slot, seq, false)).flatten()
-        else {
+        let Some(is_async) = raise_when_safe(&slot, seq, false, give_up) else {
             return;
         };
         if is_async {
@@ -759,10 +765,10 @@ impl Pool {
             // code never sees the cancellation, so it gets the TimeoutError too.
             thread::sleep((grace / 2).clamp(Duration::from_millis(10), Duration::from_millis(250)));
             if self.slot_running(seq).is_some() {
-                Python::try_attach(|py| raise_in(py, &slot, seq, true));
+                raise_when_safe(&slot, seq, true, give_up);
             }
         }
-        thread::sleep((deadline + grace).saturating_duration_since(Instant::now()));
+        thread::sleep(give_up.saturating_duration_since(Instant::now()));
         if let Some(slot) = self.slot_running(seq) {
             self.abandon(&slot, seq, execution_id);
         }
@@ -876,30 +882,55 @@ impl futures_core::Stream for Received {
     }
 }
 
+/// What [`raise_in`] did.
+enum Interrupt {
+    /// The coroutine's task was cancelled, or `TimeoutError` raised (`async`: in a
+    /// thread that runs an event loop).
+    Done { is_async: bool },
+    /// The thread is where an exception must not land; try again shortly.
+    NotNow,
+}
+
+/// [`raise_in`], retried every few ms while the thread is somewhere an exception must
+/// not land. Returns whether the job was async; `None` if it ended or `give_up` came.
+fn raise_when_safe(slot: &Slot, seq: u64, force_exception: bool, give_up: Instant) -> Option<bool> {
+    loop {
+        match Python::try_attach(|py| raise_in(py, slot, seq, force_exception)).flatten()? {
+            Interrupt::Done { is_async } => return Some(is_async),
+            Interrupt::NotNow if Instant::now() >= give_up => return None,
+            Interrupt::NotNow => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
 /// Interrupts invocation `seq` if `slot` still runs it: cancels its task (a coroutine,
-/// first try) or raises `TimeoutError` in its thread. Returns whether it was async;
-/// `None` if the job had ended. Runs with the GIL, which is what orders it against the
-/// worker's own [`Busy::finish`].
-fn raise_in(py: Python<'_>, slot: &Slot, seq: u64, force_exception: bool) -> Option<bool> {
+/// first try) or raises `TimeoutError` in its thread. `None` if the job had ended.
+/// Runs with the GIL, which is what orders it against the worker's own
+/// [`Busy::finish`] and keeps the worker still while its stack is looked at.
+fn raise_in(py: Python<'_>, slot: &Slot, seq: u64, force_exception: bool) -> Option<Interrupt> {
     let is_async = {
-        let mut running = lock(&slot.running);
-        let r = running.as_mut().filter(|r| r.seq == seq)?;
-        r.interrupted = true;
-        r.is_async
+        let running = lock(&slot.running);
+        running.as_ref().filter(|r| r.seq == seq)?.is_async
     };
     if is_async && !force_exception {
         if let Some(runner) = slot.runner.get() {
+            mark_interrupted(slot, seq)?;
             // Python code: called without the slot lock (see `Slot::running`).
             if let Err(e) = runner.bind(py).call_method1(intern!(py, "cancel"), (seq,)) {
                 tracing::warn!("could not cancel the handler's task: {e}");
             }
-            return Some(true);
+            return Some(Interrupt::Done { is_async: true });
         }
     }
+    // Nothing below runs Python code, so the GIL is held throughout and the worker
+    // stays where it was seen, still in job `seq`.
+    if !safe_to_raise(py, slot) {
+        return Some(Interrupt::NotNow);
+    }
+    mark_interrupted(slot, seq)?;
     let ident = slot.ident.load(Ordering::Relaxed);
     // SAFETY: called with the GIL held; `ident` is the worker's thread id and the
-    // exception type is a borrowed static. Between the check above and here no Python
-    // code runs, so the GIL was not released and the worker is still in job `seq`.
+    // exception type is a borrowed static.
     unsafe {
         ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError);
     }
@@ -910,7 +941,56 @@ fn raise_in(py: Python<'_>, slot: &Slot, seq: u64, force_exception: bool) -> Opt
             let _ = runner.bind(py).call_method0(intern!(py, "wake"));
         }
     }
-    Some(is_async)
+    Some(Interrupt::Done { is_async })
+}
+
+/// Flags job `seq` as interrupted, so the worker clears an exception it never reached.
+fn mark_interrupted(slot: &Slot, seq: u64) -> Option<()> {
+    let mut running = lock(&slot.running);
+    running.as_mut().filter(|r| r.seq == seq)?.interrupted = true;
+    Some(())
+}
+
+/// Whether an exception may be raised in the worker now. Not inside the import
+/// system: an exception landing between its taking a lock and its `try` leaves the
+/// global import lock (or a module's lock) held by a thread that never lets go, and
+/// every later import in the process, the next handler load included, hangs. Nor in
+/// ember's own Python code while it runs (an event loop half closed). Looked at with
+/// the GIL held and without running bytecode, so the stack cannot change meanwhile.
+fn safe_to_raise(py: Python<'_>, slot: &Slot) -> bool {
+    let tstate = slot.tstate.load(Ordering::Acquire);
+    if tstate.is_null() {
+        return true;
+    }
+    // SAFETY: GIL held; `tstate` is the worker's, alive while the worker is in a job
+    // (the caller saw it in one), and PyThreadState_GetFrame returns a new reference.
+    let top =
+        unsafe { Bound::from_owned_ptr_or_opt(py, ffi::PyThreadState_GetFrame(tstate).cast()) };
+    let filename = |frame: &Bound<'_, PyAny>| -> Option<String> {
+        frame
+            .getattr(intern!(py, "f_code"))
+            .and_then(|code| code.getattr(intern!(py, "co_filename")))
+            .and_then(|name| name.extract())
+            .ok()
+    };
+    let mut frame = top;
+    let mut innermost = true;
+    while let Some(f) = frame {
+        if let Some(name) = filename(&f) {
+            if name.contains("importlib") && name.contains("_bootstrap") {
+                return false;
+            }
+            if innermost && name.ends_with("ember/_runtime.py") {
+                return false;
+            }
+        }
+        innermost = false;
+        frame = f
+            .getattr(intern!(py, "f_back"))
+            .ok()
+            .filter(|back| !back.is_none());
+    }
+    true
 }
 
 fn runner<'py>(py: Python<'py>, slot: &Slot, rt: &Runtime) -> PyResult<Bound<'py, PyAny>> {

@@ -289,8 +289,10 @@ async fn a_spinning_handler_is_stopped_at_its_deadline() {
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout);
+    // Bounds in these tests are loose on purpose (a loaded CI machine is slow to
+    // switch threads): they tell "at the deadline" from "when the handler ended".
     assert!(
-        t.elapsed() < Duration::from_millis(450),
+        t.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
     );
@@ -318,7 +320,7 @@ async fn a_handler_that_ignores_the_deadline_is_replaced_by_a_fresh_thread() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout);
     assert!(
-        t.elapsed() < Duration::from_millis(350),
+        t.elapsed() < Duration::from_millis(1000),
         "{:?}",
         t.elapsed()
     );
@@ -367,12 +369,12 @@ async fn sleeping_handlers_time_out_and_the_thread_comes_back() {
     let h = started("t_errors", "dispatch", 1).await;
     let t = Instant::now();
     let e = h
-        .call(inv("e-sleep", json!({"fn": "sleep", "seconds": 0.6}), 200))
+        .call(inv("e-sleep", json!({"fn": "sleep", "seconds": 1.5}), 200))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Timeout);
     assert!(
-        t.elapsed() < Duration::from_millis(350),
+        t.elapsed() < Duration::from_millis(1000),
         "{:?}",
         t.elapsed()
     );
@@ -384,13 +386,23 @@ async fn sleeping_handlers_time_out_and_the_thread_comes_back() {
         .await;
     assert_eq!(out, Ok(json!("ok")));
     assert!(
-        t.elapsed() >= Duration::from_millis(380) && t.elapsed() < Duration::from_millis(580),
+        t.elapsed() >= Duration::from_millis(380) && t.elapsed() < Duration::from_millis(1300),
         "{:?}",
         t.elapsed()
     );
-    // The sleeper returns at 600 ms, gets its TimeoutError dropped, and leaves.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(h.stuck_threads(), 0);
+    // The sleeper returns at 1.5 s, gets its TimeoutError dropped, and leaves.
+    while h.stuck_threads() != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the sleeper never left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(h.health(), Health::Ready);
 }
 
@@ -441,6 +453,35 @@ async fn async_handlers_are_cancelled_at_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_waits_for_an_import_to_finish() {
+    // An exception landing inside the import system can leave the global import lock
+    // held for good (every later import in the process would hang), so TimeoutError
+    // waits until the handler's own code runs again.
+    let mut cfg = config("t_errors", "dispatch", 1);
+    cfg.kill_grace = Duration::from_millis(1500);
+    let h = PythonHandler::new(cfg);
+    h.start().await.expect("handler loads");
+    let e = h
+        .call(inv("e-import", json!({"fn": "slow_import"}), 100))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout);
+    let out = h
+        .call(inv(
+            "e-import-after",
+            json!({"fn": "slow_import_state"}),
+            3000,
+        ))
+        .await;
+    assert_eq!(out, Ok(json!(true)), "the module finished importing");
+    assert_eq!(
+        h.stuck_threads(),
+        0,
+        "the spin after the import was stopped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_run_in_parallel() {
     let h = Arc::new(started("t_errors", "dispatch", 4).await);
     let t = Instant::now();
@@ -461,7 +502,7 @@ async fn slots_run_in_parallel() {
         assert_eq!(c.await.unwrap(), Ok(json!("slept")));
     }
     assert!(
-        t.elapsed() < Duration::from_millis(600),
+        t.elapsed() < Duration::from_millis(1100), // 1.2 s one after another
         "{:?}",
         t.elapsed()
     );
@@ -481,7 +522,7 @@ async fn shutdown_does_not_wait_for_a_stuck_handler() {
     let t = Instant::now();
     h.shutdown().await;
     assert!(
-        t.elapsed() < Duration::from_millis(1000),
+        t.elapsed() < Duration::from_millis(2500),
         "{:?}",
         t.elapsed()
     );

@@ -167,9 +167,11 @@ def is_async(func) -> bool:
 def load(path: str, module: str, function: str):
     """Imports HANDLER_MODULE from HANDLER_PATH; returns (func, arity, is_coroutine_function)."""
     path = os.path.abspath(path or ".")
-    if path in sys.path:
-        sys.path.remove(path)
-    sys.path.insert(0, path)
+    if not sys.path or sys.path[0] != path:
+        # A new list, not an edit: an import iterating sys.path meanwhile on another
+        # thread (a handler's lazy import during a reload) would skip an entry when
+        # one before it is removed.
+        sys.path = [path] + [p for p in sys.path if p != path]
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:

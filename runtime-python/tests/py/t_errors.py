@@ -1,3 +1,4 @@
+import sys
 import time
 
 import ember
@@ -51,6 +52,17 @@ async def async_sleep(request):
 async def async_spin(request):
     while True:
         pass
+
+
+def slow_import(request):
+    import t_slow_import  # noqa: F401 - still importing at the deadline
+
+    while True:
+        pass
+
+
+def slow_import_state(request):
+    return getattr(sys.modules.get("t_slow_import"), "DONE", False)
 
 
 def handle(request):
