@@ -188,7 +188,7 @@ def _read(path: Path) -> str:
 class Warm:
     """A warm watchdog on a free port, stopped (SIGTERM, then SIGKILL) on exit."""
 
-    def __init__(self, env: dict, cwd=None, wait_ready=True, ready_timeout=15):
+    def __init__(self, env: dict, cwd=None, wait_ready=True, ready_timeout=15, command=None):
         self.env = {k: str(v) for k, v in env.items()}
         self.env.setdefault("WARM", "true")
         if "WARM_PORT" in self.env:
@@ -204,6 +204,8 @@ class Warm:
         self.ready_timeout = ready_timeout
         self.proc = None
         self._dir = None
+        # What to run: the watchdog, or the watchdog under a wrapper (setpriv, unshare).
+        self.command = list(command) if command is not None else [BIN]
 
     # -- life cycle -------------------------------------------------------
     def __enter__(self):
@@ -212,7 +214,7 @@ class Warm:
         self._err_path = self._dir / "stderr"
         with open(self._out_path, "wb") as out, open(self._err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [BIN],
+                self.command,
                 env=self.env,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,

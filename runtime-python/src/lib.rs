@@ -32,6 +32,7 @@ mod embed;
 mod errors;
 mod logs;
 mod output;
+mod signals;
 mod threads;
 
 use std::path::PathBuf;

@@ -26,7 +26,7 @@ use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Json, Output
 use tokio::sync::oneshot;
 
 use crate::embed::{self, Runtime};
-use crate::{convert, errors, logs, output, PythonConfig};
+use crate::{convert, errors, logs, output, signals, PythonConfig};
 
 /// How many streamed values may wait for a slow reader: enough to keep the generator
 /// and the writer from waking each other per value, few enough that memory stays
@@ -469,10 +469,12 @@ impl Pool {
         let rt = embed::install(py).map_err(|e| errors::load_error(py, None, &e))?;
         let path = self.cfg.path.to_string_lossy().into_owned();
         let loader = if fresh { &rt.reload } else { &rt.load };
+        let signals = signals::Saved::now();
         let found = loader
             .bind(py)
             .call1((path, &self.cfg.module, &self.cfg.function))
             .and_then(|t| t.extract::<(Py<PyAny>, u8, bool)>());
+        signals.restore();
         let (func, arity, is_async) = match found {
             Ok(found) => found,
             Err(e) if fresh => return Err(errors::reload_error(py, rt, &e)),

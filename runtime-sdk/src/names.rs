@@ -37,6 +37,10 @@ pub const MAX_CONCURRENCY: &str = "MAX_CONCURRENCY";
 pub const QUEUE_DEPTH: &str = "QUEUE_DEPTH";
 pub const INVOKE_TOKEN: &str = "INVOKE_TOKEN";
 pub const INVOKE_METHODS: &str = "INVOKE_METHODS";
+pub const HEADER_READ_TIMEOUT_MS: &str = "HEADER_READ_TIMEOUT_MS";
+pub const IDLE_TIMEOUT_MS: &str = "IDLE_TIMEOUT_MS";
+pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
+pub const MAX_HEADER_BYTES: &str = "MAX_HEADER_BYTES";
 
 // Callback (section 6).
 pub const CALLBACK_URL: &str = "CALLBACK_URL";

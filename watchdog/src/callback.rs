@@ -97,6 +97,14 @@ impl Delivery {
     }
 }
 
+/// Whether `CALLBACK_TOKEN` may go to `url` (section 6): only to `CALLBACK_URL`'s
+/// origin and to listed ones. Origins compare as scheme, host and port, so
+/// `http://cp` and `http://cp:80` are one origin and `https://cp` another.
+fn may_receive_token(token_origins: &[String], url: &url::Url) -> bool {
+    let origin = url.origin();
+    origin.is_tuple() && token_origins.contains(&origin.ascii_serialization())
+}
+
 #[derive(Debug)]
 struct AttemptError {
     retryable: bool,
@@ -134,6 +142,10 @@ impl CallbackClient {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // Section 6: a redirect would carry the result (and, to the same
+            // origin, the token) wherever the answer points; a 3xx is a failed
+            // delivery instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("TLS backend available");
         CallbackClient {
@@ -170,10 +182,28 @@ impl CallbackClient {
             req = req.header(header::DISPATCH_ATTEMPT, a);
         }
         if let Some(token) = &self.cfg.token {
-            req = req.bearer_auth(token);
+            if may_receive_token(&self.cfg.token_origins, &d.url) {
+                req = req.bearer_auth(token);
+            } else {
+                tracing::warn!(
+                    url = %d.url,
+                    "CALLBACK_TOKEN withheld: the callback's origin is neither CALLBACK_URL's nor listed in CALLBACK_ALLOWED_ORIGINS"
+                );
+            }
         }
         match req.send().await {
             Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) if resp.status().is_redirection() => Err(AttemptError {
+                retryable: false,
+                message: format!(
+                    "HTTP {} to {}: redirects are not followed",
+                    resp.status().as_u16(),
+                    resp.headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("(no Location)")
+                ),
+            }),
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 Err(AttemptError {
@@ -311,6 +341,21 @@ mod tests {
                 .as_str(),
             "http://cp:8080/v1/executions/x:complete"
         );
+    }
+
+    #[test]
+    fn token_goes_only_to_configured_origins() {
+        let origins = vec!["http://cp:8080".to_owned(), "https://other".to_owned()];
+        assert!(may_receive_token(
+            &origins,
+            &u("http://cp:8080/v1/e:complete")
+        ));
+        assert!(may_receive_token(&origins, &u("https://other:443/x")));
+        assert!(may_receive_token(&origins, &u("HTTP://CP:8080/y")));
+        assert!(!may_receive_token(&origins, &u("http://cp:8081/v1")));
+        assert!(!may_receive_token(&origins, &u("https://cp:8080/v1")));
+        assert!(!may_receive_token(&origins, &u("http://cp.evil:8080/v1")));
+        assert!(!may_receive_token(&[], &u("http://cp:8080/v1")));
     }
 
     #[test]

@@ -205,6 +205,19 @@ struct Args {
     /// Warm: bearer token required on /invoke
     #[arg(long, env = names::INVOKE_TOKEN, hide_env_values = true)]
     invoke_token: Option<String>,
+    /// Warm: a request's headers must arrive within this time (from the connection's
+    /// start or the request's first byte), else the connection is closed
+    #[arg(long, env = names::HEADER_READ_TIMEOUT_MS, default_value = "10000", value_parser = parse_positive)]
+    header_read_timeout_ms: u64,
+    /// Warm: a keep-alive connection with no request in flight is closed after this long
+    #[arg(long, env = names::IDLE_TIMEOUT_MS, default_value = "60000", value_parser = parse_positive)]
+    idle_timeout_ms: u64,
+    /// Warm: open connections at most; more wait in the listen backlog
+    #[arg(long, env = names::MAX_CONNECTIONS, default_value = "1024", value_parser = parse_positive)]
+    max_connections: u64,
+    /// Warm: largest request line plus headers; larger gets 431
+    #[arg(long, env = names::MAX_HEADER_BYTES, default_value = "65536", value_parser = parse_positive)]
+    max_header_bytes: u64,
     /// Where results are posted: {CALLBACK_URL}/{EXECUTION_ID}:complete
     #[arg(long, env = names::CALLBACK_URL)]
     callback_url: Option<String>,
@@ -334,6 +347,35 @@ pub struct WarmConfig {
     pub allowed_callback_origins: AllowedOrigins,
     /// `RELOAD`: watch the function's files and reload it on a change.
     pub reload: bool,
+    pub conn: ConnLimits,
+}
+
+/// What one client connection may hold (the warm server's defence against slow
+/// and numerous clients, see `warm::server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// `HEADER_READ_TIMEOUT_MS`: a request line and headers must be complete this
+    /// long after the connection opened or the request's first byte came.
+    pub header_read_timeout: Duration,
+    /// `IDLE_TIMEOUT_MS`: a connection with no request in flight is closed after
+    /// this long without traffic, and so is one whose client stops reading.
+    pub idle_timeout: Duration,
+    /// `MAX_CONNECTIONS`: connections served at once.
+    pub max_connections: usize,
+    /// `MAX_HEADER_BYTES`: request line plus headers.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnLimits {
+    /// The documented defaults of `--help`.
+    fn default() -> Self {
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// A method `/invoke` may accept (`INVOKE_METHODS`).
@@ -411,6 +453,9 @@ pub struct OneshotConfig {
 pub struct CallbackConfig {
     pub url: Option<url::Url>,
     pub token: Option<String>,
+    /// Origins `token` may be sent to (section 6): `CALLBACK_URL`'s and those
+    /// listed in `CALLBACK_ALLOWED_ORIGINS`, never one only a request named.
+    pub token_origins: Vec<String>,
     pub attempts: u32,
     pub timeout: Duration,
 }
@@ -755,6 +800,29 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
         _ => "unknown".into(),
     });
 
+    // Listed origins, in both modes: in one-shot mode they only widen where
+    // CALLBACK_TOKEN may go (CALLBACK_URL itself is the target).
+    let listed_origins = match &a.callback_allowed_origins {
+        Some(list) => {
+            let mut origins = Vec::new();
+            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let u = parse_http_url(names::CALLBACK_ALLOWED_ORIGINS, item)?;
+                origins.push(u.origin().ascii_serialization());
+            }
+            Some(origins)
+        }
+        None => None,
+    };
+    let mut token_origins: Vec<String> = callback_url
+        .iter()
+        .map(|u| u.origin().ascii_serialization())
+        .collect();
+    for o in listed_origins.iter().flatten() {
+        if !token_origins.contains(o) {
+            token_origins.push(o.clone());
+        }
+    }
+
     let mode = if warm {
         let ip: IpAddr = a.bind_address.parse().map_err(|_| {
             ConfigError::invalid(
@@ -764,15 +832,8 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
             )
         })?;
         let port = a.warm_port.or(a.port).unwrap_or(8080);
-        let allowed_callback_origins = match &a.callback_allowed_origins {
-            Some(list) => {
-                let mut origins = Vec::new();
-                for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    let u = parse_http_url(names::CALLBACK_ALLOWED_ORIGINS, item)?;
-                    origins.push(u.origin().ascii_serialization());
-                }
-                AllowedOrigins::Only(origins)
-            }
+        let allowed_callback_origins = match listed_origins {
+            Some(origins) => AllowedOrigins::Only(origins),
             None => match &callback_url {
                 Some(u) => AllowedOrigins::Only(vec![u.origin().ascii_serialization()]),
                 None => AllowedOrigins::Any,
@@ -792,6 +853,12 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
             drain_timeout: ms(a.drain_timeout_ms),
             allowed_callback_origins,
             reload: a.reload,
+            conn: ConnLimits {
+                header_read_timeout: ms(a.header_read_timeout_ms),
+                idle_timeout: ms(a.idle_timeout_ms),
+                max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+                max_header_bytes: usize::try_from(a.max_header_bytes).unwrap_or(usize::MAX),
+            },
         })
     } else {
         let platform_form = matches!(
@@ -837,6 +904,7 @@ fn build(a: Args, stdin: StdinKind) -> Result<Config, ConfigError> {
         callback: CallbackConfig {
             url: callback_url,
             token: a.callback_token.clone().filter(|t| !t.is_empty()),
+            token_origins,
             attempts: a.callback_attempts.min(u32::MAX as u64) as u32,
             timeout: ms(a.callback_timeout_ms),
         },

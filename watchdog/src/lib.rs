@@ -4,14 +4,15 @@
 pub mod alyx;
 pub mod callback;
 pub mod config;
+pub mod init;
 pub mod logging;
 pub mod metrics;
 pub mod oneshot;
 pub mod otel;
 pub mod pipeline;
-pub mod reaper;
 pub mod reload;
 pub mod runner;
+pub mod secrets;
 pub mod shutdown;
 pub mod stream;
 pub mod tracecontext;

@@ -1,10 +1,11 @@
 use std::time::Instant;
 
+use runtime_sdk::names;
 use watchdog::config::{Config, ConfigError, Mode};
 use watchdog::otel::Spans;
 use watchdog::shutdown::Shutdown;
 use watchdog::validate::Validator;
-use watchdog::{logging, metrics::Metrics, oneshot, reaper, runner, warm};
+use watchdog::{init, logging, metrics::Metrics, oneshot, runner, secrets, warm};
 
 /// The static build links musl, whose malloc is slow under the warm server's
 /// many small allocations from several threads; glibc builds keep glibc's.
@@ -29,6 +30,12 @@ fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
+    // Config holds the secrets now; nothing that runs later (children, Python)
+    // may find them (contract section 2). Before any thread exists.
+    let sealed = secrets::seal(&names::SCRUBBED_FROM_CHILDREN);
+    // As PID 1, split off a minimal init that reaps orphans (section 10). After
+    // sealing, so the init holds no secret either; before any thread.
+    init::split_if_pid1();
     let validator = match Validator::compile(&config.schemas) {
         Ok(v) => v,
         Err(e) => {
@@ -42,13 +49,15 @@ fn main() {
         Mode::Oneshot(_) => oneshot::take_stdout(),
         Mode::Warm(_) => None,
     };
+    if let Err(e) = sealed {
+        tracing::warn!("{e}: other processes of this user may read the watchdog's memory");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(async {
-        reaper::start_if_pid1();
         let shutdown = Shutdown::new();
         watchdog::shutdown::on_signal(&shutdown);
         let handler = runner::build(&config, &shutdown);

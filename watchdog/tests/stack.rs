@@ -91,10 +91,12 @@ async fn stack(max_concurrency: usize, timeout: Duration) -> Stack {
         drain_timeout: Duration::from_millis(200),
         allowed_callback_origins: AllowedOrigins::Any,
         reload: false,
+        conn: Default::default(),
     };
     let callback_cfg = CallbackConfig {
         url: Some(cb_url),
         token: None,
+        token_origins: Vec::new(),
         attempts: 1,
         timeout: Duration::from_secs(2),
     };
@@ -115,7 +117,7 @@ async fn stack(max_concurrency: usize, timeout: Duration) -> Stack {
     let stop = tokio_util::sync::CancellationToken::new();
     let app = warm::app(state.clone());
     let until = stop.clone();
-    tokio::spawn(warm::serve(listener, app, async move {
+    tokio::spawn(warm::serve(listener, app, Default::default(), async move {
         until.cancelled().await
     }));
     Stack {

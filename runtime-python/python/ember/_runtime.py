@@ -88,6 +88,7 @@ class _LogHandler(logging.Handler):
 
 def install(level: int) -> None:
     """Routes print() and logging to the watchdog's log; `level` mirrors LOG_LEVEL."""
+    _guard_signals()
     sys.stdout = _Stream("<stdout>", _STDOUT)
     sys.stderr = _Stream("<stderr>", _STDERR)
     root = logging.getLogger()
@@ -96,6 +97,67 @@ def install(level: int) -> None:
             root.removeHandler(h)
     root.addHandler(_LogHandler())
     root.setLevel(level)
+
+
+# Signals the watchdog handles itself: SIGTERM and SIGINT start its drain (contract
+# section 10), and it relies on SIGPIPE being ignored (a write to a closed socket must
+# fail, not kill the process). Handler code runs in the watchdog's process, and the
+# thread that started CPython is Python's main thread, so a module calling
+# signal.signal(SIGTERM, ...) there would replace the watchdog's own handler.
+_OWNED_SIGNALS = ("SIGTERM", "SIGINT", "SIGPIPE")
+
+
+def _guard_signals() -> None:
+    """Makes signal.signal() a no-op for the watchdog's signals, with a warning.
+
+    The handler given is remembered (signal.getsignal returns it, and signal.signal the
+    one before) but never installed, so code that saves and restores a handler keeps
+    working. Patched on `_signal`, which `signal.signal` calls at each use, so it holds
+    whether `signal` is imported before or after this, without importing it now.
+    """
+    import _signal
+
+    if getattr(_signal.signal, "_ember_guard", False):
+        return
+    real_signal, real_getsignal = _signal.signal, _signal.getsignal
+    owned = {getattr(_signal, n) for n in _OWNED_SIGNALS if hasattr(_signal, n)}
+    names = {getattr(_signal, n): n for n in _OWNED_SIGNALS if hasattr(_signal, n)}
+    shadow = {}
+    warned = set()
+
+    def signal(signalnum, handler):
+        num = int(signalnum)
+        if num not in owned:
+            return real_signal(signalnum, handler)
+        if not callable(handler) and handler not in (_signal.SIG_DFL, _signal.SIG_IGN):
+            raise TypeError(
+                "signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable object"
+            )
+        previous = shadow[num] if num in shadow else real_getsignal(num)
+        shadow[num] = handler
+        if num not in warned:
+            warned.add(num)
+            _native.log(
+                logging.WARNING,
+                "ember",
+                f"signal.signal({names[num]}, ...) ignored: the watchdog handles {names[num]} "
+                "itself (SIGTERM and SIGINT drain running invocations, then exit)",
+                None,
+                None,
+            )
+        return previous
+
+    def getsignal(signalnum):
+        num = int(signalnum)
+        if num in shadow:
+            return shadow[num]
+        return real_getsignal(signalnum)
+
+    signal.__doc__ = real_signal.__doc__
+    getsignal.__doc__ = real_getsignal.__doc__
+    signal._ember_guard = True
+    _signal.signal = signal
+    _signal.getsignal = getsignal
 
 
 _FunctionType = type(install)

@@ -109,11 +109,17 @@ impl HttpRunner {
             }
             // Exit 0 is a launcher's (`sleep 0`): polling goes on (section 2).
             if let Some(ChildState::Failed(status)) = child.as_ref().map(|rx| *rx.borrow()) {
-                return Err(self.startup_failed(format!(
-                    "the runtime stopped before {} answered: {}",
-                    self.cfg.health_url,
-                    exit_message(status, &tail)
-                )));
+                let stopped = format!("the runtime stopped before {} answered", self.cfg.health_url);
+                // The result (one-shot) carries the stderr tail; /health, which
+                // anyone may read, only how the runtime ended.
+                *self.health.lock().unwrap() = Health::Unhealthy(format!(
+                    "{stopped}: it {} (its stderr is in the log)",
+                    how_it_ended(status)
+                ));
+                return Err(InvokeError::new(
+                    ErrorCode::StartupError,
+                    format!("{stopped}: {}", exit_message(status, &tail)),
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(self.startup_failed(format!(
@@ -166,7 +172,6 @@ impl HttpRunner {
         let (tx, rx) = watch::channel(ChildState::Running);
         tokio::spawn(async move {
             let state = ChildState::from_wait(child.wait().await);
-            crate::reaper::untrack(group.pgid);
             let _ = tx.send(state);
         });
         Ok((group, rx))
@@ -348,6 +353,15 @@ impl ChildState {
     }
 }
 
+/// How the runtime ended, without its output: for `/health`, which anyone
+/// may read (its stderr is in the log).
+fn how_it_ended(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => process::how_it_ended(s),
+        None => "ended (its status could not be read)".into(),
+    }
+}
+
 fn exit_message(status: Option<ExitStatus>, tail: &SharedTail) -> String {
     match status {
         Some(s) => process::exit_error(s, &tail.lock().unwrap().text()).message,
@@ -413,8 +427,16 @@ impl Supervisor {
                     "the runtime's command exited 0: taken for a launcher, the runtime's health decides from now on"
                 ),
                 ChildState::Failed(status) => {
-                    let how = exit_message(status, &self.tail);
-                    return self.dead(format!("the HTTP runtime exited: {how}"));
+                    // The stderr tail goes to the log; the reason, shown by
+                    // /health to anyone, only says how the runtime ended.
+                    tracing::error!(
+                        "the HTTP runtime exited: {}",
+                        exit_message(status, &self.tail)
+                    );
+                    return self.dead(format!(
+                        "the HTTP runtime {} (its stderr is in the log)",
+                        how_it_ended(status)
+                    ));
                 }
                 ChildState::Running => unreachable!("until_exited waits for an exit"),
             }

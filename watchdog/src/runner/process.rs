@@ -16,7 +16,6 @@ use tokio::process::{Child, Command};
 use tracing::{Instrument, Span};
 
 use crate::config::ProcessConfig;
-use crate::reaper;
 
 /// The content type of raw bytes (section 3).
 pub const OCTET_STREAM: &str = "application/octet-stream";
@@ -61,10 +60,8 @@ pub fn command(cfg: &ProcessConfig, inv: Option<&Invocation>) -> Command {
     cmd
 }
 
-/// Spawns `cmd`, registering the child with the PID-1 reaper so it is
-/// left to tokio to reap.
+/// Spawns `cmd` in a process group of its own.
 pub fn spawn(cmd: &mut Command, program: &str) -> Result<(Child, ProcessGroup), InvokeError> {
-    let _registry = reaper::lock_spawns();
     let child = cmd.spawn().map_err(|e| {
         InvokeError::new(
             ErrorCode::FunctionError,
@@ -72,7 +69,6 @@ pub fn spawn(cmd: &mut Command, program: &str) -> Result<(Child, ProcessGroup), 
         )
     })?;
     let pid = child.id().unwrap_or(0) as i32;
-    reaper::track(pid);
     Ok((child, ProcessGroup { pgid: pid }))
 }
 
@@ -134,23 +130,17 @@ impl ProcessGroup {
 pub struct GroupGuard {
     group: ProcessGroup,
     grace: Duration,
-    pid: i32,
 }
 
 impl GroupGuard {
     pub fn new(group: ProcessGroup, grace: Duration) -> Self {
-        GroupGuard {
-            group,
-            grace,
-            pid: group.pgid,
-        }
+        GroupGuard { group, grace }
     }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.group.stop_in_background(self.grace);
-        reaper::untrack(self.pid);
     }
 }
 
@@ -329,8 +319,20 @@ pub fn preview(text: &str, max: usize) -> String {
 
 /// `FUNCTION_ERROR` for a child that ended unsuccessfully.
 pub fn exit_error(status: ExitStatus, tail: &str) -> InvokeError {
+    let how = how_it_ended(status);
+    let message = if tail.is_empty() {
+        format!("function {how} (stderr was empty)")
+    } else {
+        format!("function {how}; stderr: {tail}")
+    };
+    InvokeError::new(ErrorCode::FunctionError, message)
+}
+
+/// "exited with code 1", "was killed by signal SIGKILL": how a child ended,
+/// without its output, for places anyone may read (`/health`).
+pub fn how_it_ended(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
-    let how = match (status.code(), status.signal()) {
+    match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(sig)) => {
             let name = Signal::try_from(sig)
@@ -339,13 +341,7 @@ pub fn exit_error(status: ExitStatus, tail: &str) -> InvokeError {
             format!("was killed by signal {name}")
         }
         _ => "ended abnormally".to_owned(),
-    };
-    let message = if tail.is_empty() {
-        format!("function {how} (stderr was empty)")
-    } else {
-        format!("function {how}; stderr: {tail}")
-    };
-    InvokeError::new(ErrorCode::FunctionError, message)
+    }
 }
 
 /// Stdin that the child gets: piped when we write the payload, else null.

@@ -8,6 +8,7 @@ mod dispatch;
 mod drain;
 mod meta;
 mod respond;
+pub mod server;
 mod state;
 mod trace;
 
@@ -184,18 +185,15 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets the open
 /// connections finish. Apart from the lifecycle, so tests can drive the
-/// real server on port 0.
+/// real server on port 0. The connections and their limits: `server`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: server::ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, app, limits, shutdown).await;
+    Ok(())
 }
 
 /// Drain (section 10): refuse new work, let what was accepted finish within
@@ -271,7 +269,7 @@ pub async fn run(
     let server_stop = tokio_util::sync::CancellationToken::new();
     let server = {
         let stop = server_stop.clone();
-        tokio::spawn(serve(listener, app(state.clone()), async move {
+        tokio::spawn(serve(listener, app(state.clone()), warm.conn, async move {
             stop.cancelled().await
         }))
     };
