@@ -6,6 +6,7 @@ pub mod callback;
 pub mod config;
 pub mod init;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod oneshot;
 pub mod otel;

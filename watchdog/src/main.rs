@@ -5,7 +5,7 @@ use watchdog::config::{Config, ConfigError, Mode};
 use watchdog::otel::Spans;
 use watchdog::shutdown::Shutdown;
 use watchdog::validate::Validator;
-use watchdog::{init, logging, metrics::Metrics, oneshot, runner, secrets, warm};
+use watchdog::{init, logging, memory, metrics::Metrics, oneshot, runner, secrets, warm};
 
 /// The static build links musl, whose malloc is slow under the warm server's
 /// many small allocations from several threads; glibc builds keep glibc's.
@@ -36,6 +36,7 @@ fn main() {
     // As PID 1, split off a minimal init that reaps orphans (section 10). After
     // sealing, so the init holds no secret either; before any thread.
     init::split_if_pid1();
+    memory::tune();
     let validator = match Validator::compile(&config.schemas) {
         Ok(v) => v,
         Err(e) => {

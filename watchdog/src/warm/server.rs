@@ -54,6 +54,7 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 
 pub use crate::config::ConnLimits;
+use crate::memory::Trimmer;
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUF: usize = 8192;
@@ -78,6 +79,8 @@ pub async fn serve(
         .max_buf_size(limits.max_header_bytes.max(MIN_BUF));
     let http = Arc::new(http);
 
+    // Connections that close may leave their buffers in the allocator's arenas.
+    let trimmer = Trimmer::spawn();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut full_since: Option<Instant> = None;
     loop {
@@ -121,9 +124,11 @@ pub async fn serve(
             limits,
             stop: stop_rx.clone(),
         };
+        let trimmer = trimmer.clone();
         connections.spawn(async move {
             conn.run().await;
             drop(permit);
+            trimmer.request();
         });
     }
 

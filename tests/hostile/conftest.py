@@ -1,0 +1,6 @@
+"""The hostile suite imports the black-box harness from tests/."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
