@@ -73,7 +73,12 @@ impl RequestMeta {
     pub fn read(headers: &HeaderMap, fallback_id: Option<&str>, spans: Option<&Spans>) -> Self {
         let mut problem = None;
         let mut positive = |name: &str| -> Option<u64> {
-            let raw = text(headers, name)?;
+            let value = headers.get(name)?;
+            // Bytes outside visible ASCII cannot spell a number: malformed, not absent.
+            let raw = value.to_str().unwrap_or("\u{fffd}").trim();
+            if raw.is_empty() {
+                return None;
+            }
             match raw.parse::<u64>() {
                 Ok(n) if n > 0 => Some(n),
                 _ => {
@@ -135,6 +140,101 @@ mod tests {
                 .as_deref(),
             Some("hdr")
         );
+    }
+
+    use proptest::prelude::*;
+
+    /// Header values as a client may send them: visible ASCII, space, tab and
+    /// obs-text bytes (0x80-0xFF), which `HeaderValue` accepts but `to_str` does not.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            // Numbers, padded or not, in range or not.
+            (any::<u64>(), 0usize..3).prop_map(|(n, pad)| format!(
+                "{}{n}{}",
+                " ".repeat(pad),
+                "\t".repeat(pad)
+            )
+            .into_bytes()),
+            "[0-9]{1,30}".prop_map(String::into_bytes),
+            "-?[0-9a-z .]{0,12}".prop_map(String::into_bytes),
+            proptest::collection::vec(
+                prop_oneof![0x20u8..=0x7e, Just(b'\t'), 0x80u8..=0xff],
+                0..64
+            ),
+        ]
+    }
+
+    /// What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
+    fn ascii(raw: &[u8]) -> Option<&str> {
+        raw.iter()
+            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            .then(|| std::str::from_utf8(raw).unwrap())
+    }
+
+    /// `None`: absent (blank); `Some(None)`: malformed; `Some(Some(n))`: taken.
+    fn positive(raw: &[u8]) -> Option<Option<u64>> {
+        let Some(text) = ascii(raw) else {
+            return Some(None);
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        Some(text.parse::<u64>().ok().filter(|&n| n > 0))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever the headers hold, reading them never panics, a present id wins
+        /// over the fallback, and a number is taken exactly or reported as a problem.
+        #[test]
+        fn any_header_values_are_read_or_reported(
+            id in value(),
+            attempt in value(),
+            timeout in value(),
+            trace in value(),
+            fallback in proptest::option::of("[a-z0-9-]{1,8}"),
+        ) {
+            let mut h = HeaderMap::new();
+            for (name, raw) in [
+                (header::EXECUTION_ID, &id),
+                (header::DISPATCH_ATTEMPT, &attempt),
+                (header::TIMEOUT_MS, &timeout),
+                (header::TRACE_ID, &trace),
+            ] {
+                let v = hyper::header::HeaderValue::from_bytes(raw).expect("valid header bytes");
+                h.insert(name, v);
+            }
+            let m = RequestMeta::read(&h, fallback.as_deref());
+
+            let given_id = ascii(&id).map(str::trim).filter(|s| !s.is_empty());
+            match given_id {
+                Some(given) => prop_assert_eq!(m.execution_id.as_deref(), Some(given)),
+                None => prop_assert_eq!(m.execution_id.as_deref(), fallback.as_deref()),
+            }
+
+            let mut problems = Vec::new();
+            match positive(&attempt) {
+                Some(Some(n)) => prop_assert_eq!(m.attempt, Some(n.min(u32::MAX as u64) as u32)),
+                Some(None) => { prop_assert_eq!(m.attempt, None); problems.push(header::DISPATCH_ATTEMPT) }
+                None => prop_assert_eq!(m.attempt, None),
+            }
+            match positive(&timeout) {
+                Some(Some(n)) => prop_assert_eq!(m.timeout_ms, Some(n)),
+                Some(None) => { prop_assert_eq!(m.timeout_ms, None); problems.push(header::TIMEOUT_MS) }
+                None => prop_assert_eq!(m.timeout_ms, None),
+            }
+            // The first malformed header is the one reported.
+            match (problems.first(), &m.problem) {
+                (None, None) => {}
+                (Some(name), Some(p)) => {
+                    prop_assert_eq!(&p.code, &ErrorCode::InvalidRequest);
+                    prop_assert!(p.message.contains(name), "{}", p.message);
+                }
+                (expected, got) => prop_assert!(false, "expected a problem with {:?}, got {:?}", expected, got),
+            }
+        }
     }
 
     #[test]
