@@ -34,7 +34,8 @@ fn main() {
     // may find them (contract section 2). Before any thread exists.
     let sealed = secrets::seal(&names::SCRUBBED_FROM_CHILDREN);
     // As PID 1, split off a minimal init that reaps orphans (section 10). After
-    // sealing, so the init holds no secret either; before any thread.
+    // sealing, so the init is non-dumpable with its environment erased too;
+    // before any thread.
     init::split_if_pid1();
     memory::tune();
     let validator = match Validator::compile(&config.schemas) {

@@ -244,17 +244,56 @@ impl Connection {
 }
 
 /// Milliseconds since the first call, plus one, so that 0 can mean "never".
+/// Read on every socket read and write, so from the coarse monotonic clock
+/// (a few ns, a resolution of a tick: plenty for limits counted in seconds).
 fn now_ms() -> u64 {
-    base().elapsed().as_millis() as u64 + 1
+    coarse_ms().saturating_sub(base().coarse) + 1
 }
 
+/// The `Instant` by which `now_ms()` has reached `ms`, for the connection's
+/// timer: one tick late rather than early, so the timer never wakes to find
+/// the coarse clock still short of its deadline.
 fn instant_of(ms: u64) -> Instant {
-    base() + Duration::from_millis(ms.saturating_sub(1))
+    let b = base();
+    b.instant + Duration::from_millis(ms.saturating_sub(1)) + b.tick
 }
 
-fn base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
+struct Base {
+    /// One moment on both clocks.
+    instant: Instant,
+    coarse: u64,
+    /// The coarse clock's resolution (a kernel tick, 1 to 10 ms).
+    tick: Duration,
+}
+
+fn base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut res = zero_timespec();
+        // SAFETY: writes the resolution into `res`.
+        unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+        let tick = Duration::new(res.tv_sec as u64, res.tv_nsec as u32);
+        Base {
+            instant: Instant::now(),
+            coarse: coarse_ms(),
+            tick: tick.max(Duration::from_millis(1)),
+        }
+    })
+}
+
+fn zero_timespec() -> libc::timespec {
+    libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    }
+}
+
+fn coarse_ms() -> u64 {
+    let mut ts = zero_timespec();
+    // SAFETY: writes the current time into `ts`; CLOCK_MONOTONIC_COARSE exists
+    // on every Linux since 2.6.32.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// What one connection has been doing, written by its socket (`Watched`) and
