@@ -20,6 +20,14 @@ impl Json {
     /// serde_json allows) and keeps them without copying.
     pub fn parse(bytes: impl Into<Bytes>) -> Result<Json, serde_json::Error> {
         let bytes = bytes.into();
+        // serde_json skips an ignored value without checking two things its
+        // other readers check: UTF-8 inside strings, and the nesting limit. Both
+        // are checked here, so that text JSON requires reaches no child, and so
+        // that `to_value` (schemas) never fails on text that passed.
+        std::str::from_utf8(&bytes).map_err(|e| {
+            <serde_json::Error as serde::de::Error>::custom(format!("not UTF-8: {e}"))
+        })?;
+        check_nesting(&bytes)?;
         serde_json::from_slice::<IgnoredAny>(&bytes)?;
         Ok(Json(trim(bytes)))
     }
@@ -88,6 +96,45 @@ impl Json {
     }
 }
 
+/// Deepest nesting serde_json reads into a tree (its recursion limit).
+const MAX_NESTING: usize = 127;
+
+/// Fails past `MAX_NESTING` levels of arrays and objects. Most texts have
+/// fewer brackets than that in all, which one quick count shows; only the
+/// others are walked (outside strings).
+fn check_nesting(bytes: &[u8]) -> Result<(), serde_json::Error> {
+    let openers = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    if openers <= MAX_NESTING {
+        return Ok(());
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(<serde_json::Error as serde::de::Error>::custom(format!(
+                        "nested more than {MAX_NESTING} levels deep"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn trim(bytes: Bytes) -> Bytes {
     let start = bytes
         .iter()
@@ -143,6 +190,30 @@ mod tests {
         assert_eq!(Json::parse_or_null("  ").unwrap(), Json::null());
         let deep = "[".repeat(100_000);
         assert!(Json::parse(deep).is_err());
+    }
+
+    #[test]
+    fn what_a_tree_could_not_hold_is_refused() {
+        // Closed, so the syntax alone is fine; serde_json's tree stops at 127.
+        let at_limit = format!("{}{}", "[".repeat(127), "]".repeat(127));
+        assert_eq!(
+            Json::parse(at_limit.clone())
+                .unwrap()
+                .to_value()
+                .to_string(),
+            at_limit
+        );
+        let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        assert!(Json::parse(deep).is_err());
+        let deep = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+        assert!(Json::parse(deep).is_err());
+        // Brackets inside strings do not count.
+        let quoted = format!("[\"{}\", \"\\\"[[\"]", "[{".repeat(500));
+        assert!(Json::parse(quoted).is_ok());
+        // JSON text is UTF-8 (RFC 8259), in strings too.
+        assert!(Json::parse(&b"\"\xff\xfe\""[..]).is_err());
+        assert!(Json::parse(&b"{\"\xc3\x28\": 1}"[..]).is_err());
+        assert!(Json::parse("\"\u{e9}\"").is_ok());
     }
 
     #[test]
