@@ -238,6 +238,21 @@ def test_headers_sent_a_byte_a_second_are_cut_while_other_clients_are_served():
         assert served >= 2
 
 
+def test_a_request_body_that_stops_coming_is_cut_and_frees_its_place():
+    # One slot, no queue: the stalled body holds the only place while it is read.
+    env = stdio_env(HEADER_READ_TIMEOUT_MS=1500, MAX_CONCURRENCY=1, QUEUE_DEPTH=0)
+    with Warm(env) as w:
+        s = socket.create_connection(("127.0.0.1", w.port))
+        s.sendall(b"POST /invoke HTTP/1.1\r\nHost: x\r\nX-Execution-Id: stall\r\n"
+                  b"Content-Length: 100\r\n\r\n[1, 2")
+        s.settimeout(6)
+        started = time.monotonic()
+        assert s.recv(4096) == b""  # closed, no answer
+        assert 1.0 <= time.monotonic() - started <= 4, time.monotonic() - started
+        s.close()
+        assert w.post(json={"after": 1}).json() == {"after": 1}
+
+
 def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
     with Warm(stdio_env(IDLE_TIMEOUT_MS=1500, HEADER_READ_TIMEOUT_MS=10000)) as w:
         s = socket.create_connection(("127.0.0.1", w.port))

@@ -206,7 +206,8 @@ struct Args {
     #[arg(long, env = names::INVOKE_TOKEN, hide_env_values = true)]
     invoke_token: Option<String>,
     /// Warm: a request's headers must arrive within this time (from the connection's
-    /// start or the request's first byte), else the connection is closed
+    /// start or the request's first byte), and a body being read may not pause longer, else
+    /// the connection is closed
     #[arg(long, env = names::HEADER_READ_TIMEOUT_MS, default_value = "10000", value_parser = parse_positive)]
     header_read_timeout_ms: u64,
     /// Warm: a keep-alive connection with no request in flight is closed after this long
@@ -355,7 +356,8 @@ pub struct WarmConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
     /// `HEADER_READ_TIMEOUT_MS`: a request line and headers must be complete this
-    /// long after the connection opened or the request's first byte came.
+    /// long after the connection opened or the request's first byte came, and a
+    /// request body being read may not pause longer.
     pub header_read_timeout: Duration,
     /// `IDLE_TIMEOUT_MS`: a connection with no request in flight is closed after
     /// this long without traffic, and so is one whose client stops reading.

@@ -7,7 +7,9 @@
 //!   backlog instead of costing a task, buffers and a file descriptor each.
 //! - `HEADER_READ_TIMEOUT_MS`: a request line and headers must be complete
 //!   this long after the connection opened, or after the first byte of a
-//!   later request on it (slowloris: headers sent a byte at a time).
+//!   later request on it (slowloris: headers sent a byte at a time); and a
+//!   request body being read may not pause longer than that (a body read holds
+//!   a place among the running and queued invocations).
 //! - `IDLE_TIMEOUT_MS`: a connection with no request in flight and no traffic
 //!   for this long is closed, and so is one whose client has stopped reading
 //!   its answer for this long (a write blocked that long).
@@ -24,10 +26,10 @@
 //! a few relaxed atomics per read, write and request, and one timer per
 //! connection that fires only when a limit could have been reached.
 //!
-//! A request in flight (from its complete head until its answer's last byte
-//! is handed to the socket) is bounded by the invocation's deadline, not here:
-//! a function may legitimately run for `TIMEOUT_MS` with the connection
-//! silent.
+//! Otherwise a request in flight (from its complete head until its answer's
+//! last byte is handed to the socket) is bounded by the invocation's deadline,
+//! not here: a function may legitimately run for `TIMEOUT_MS` with the
+//! connection silent.
 //!
 //! Only HTTP/1.1 is served (no h2c): control planes call `/invoke` over
 //! HTTP/1.1, and a protocol nobody uses is attack surface.
@@ -309,6 +311,9 @@ struct Clock {
     last_activity: AtomicU64,
     /// Since when a write has been waiting for the client to read.
     write_blocked_since: AtomicU64,
+    /// Since when the server has been waiting for more of a request body that
+    /// it is reading.
+    body_waits_since: AtomicU64,
     /// Set when a limit may have come closer than the timer: the connection's
     /// task then looks again before it sleeps.
     rearm: AtomicBool,
@@ -329,6 +334,7 @@ impl Clock {
             head_since: AtomicU64::new(now),
             last_activity: AtomicU64::new(now),
             write_blocked_since: AtomicU64::new(0),
+            body_waits_since: AtomicU64::new(0),
             rearm: AtomicBool::new(false),
         }
     }
@@ -359,6 +365,19 @@ impl Clock {
         }
     }
 
+    /// A read of the request body found nothing yet (`pending`) or something.
+    fn body_waits(&self, pending: bool) {
+        let since = self.body_waits_since.load(Ordering::Relaxed);
+        if !pending {
+            if since != 0 {
+                self.body_waits_since.store(0, Ordering::Relaxed);
+            }
+        } else if since == 0 {
+            self.body_waits_since.store(now_ms(), Ordering::Relaxed);
+            self.rearm.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// A head is complete: the request is in flight until its answer is sent.
     fn request(&self) {
         self.head_since.store(0, Ordering::Relaxed);
@@ -366,6 +385,7 @@ impl Clock {
     }
 
     fn answered(&self) {
+        self.body_waits_since.store(0, Ordering::Relaxed);
         self.last_activity.store(now_ms(), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.rearm.store(true, Ordering::Relaxed);
@@ -385,6 +405,15 @@ impl Clock {
             now + idle
         };
         if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // A body the server reads may pause no longer than a head may take:
+            // while it is read it holds a place among the running and queued.
+            let body = self.body_waits_since.load(Ordering::Relaxed);
+            if body != 0 {
+                if now >= body + header {
+                    return Verdict::Close("request body stalled (HEADER_READ_TIMEOUT_MS)");
+                }
+                return Verdict::Wait((body + header).min(next_blocked));
+            }
             return Verdict::Wait(next_blocked);
         }
         let head = self.head_since.load(Ordering::Relaxed);
@@ -477,10 +506,43 @@ impl Service<hyper::Request<Incoming>> for Tracked {
 
     fn call(&mut self, req: hyper::Request<Incoming>) -> Self::Future {
         let guard = InFlight::new(self.clock.clone());
+        let clock = self.clock.clone();
+        // axum boxes the body either way: wrapping it costs no allocation.
+        let req = req.map(|body| Body::new(RequestBody { body, clock }));
         TrackedFuture {
-            inner: self.inner.call(req.map(Body::new)),
+            inner: self.inner.call(req),
             guard: Some(guard),
         }
+    }
+}
+
+/// A request's body, telling the clock while the server waits on it for
+/// bytes the client does not send. Only while it is read: a body left unread
+/// (its request queued) is not the client's delay.
+struct RequestBody {
+    body: Incoming,
+    clock: Arc<Clock>,
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        self.clock.body_waits(polled.is_pending());
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -601,6 +663,17 @@ mod tests {
         assert_eq!(c.head_since.load(Ordering::Relaxed), head);
         c.request();
         assert_eq!(c.head_since.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_stalled_body_gets_the_header_timeout() {
+        let c = clock_at(0, 1000);
+        c.request();
+        c.body_waits_since.store(2000, Ordering::Relaxed);
+        assert_eq!(c.verdict(2050, &limits()), Verdict::Wait(2100));
+        assert!(matches!(c.verdict(2100, &limits()), Verdict::Close(_)));
+        c.body_waits(false);
+        assert_eq!(c.verdict(2100, &limits()), Verdict::Wait(3100));
     }
 
     #[test]
