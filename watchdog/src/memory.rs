@@ -17,6 +17,9 @@
 //!   called after connections close, at most once a second, so a steady keep-alive
 //!   load (connections that stay open) never pays for it, and a burst is given
 //!   back about a second after it ends.
+//!
+//! Both are for glibc. The static musl build allocates with mimalloc (`main.rs`),
+//! which returns freed memory by itself: there they do nothing.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -109,7 +109,10 @@ impl HttpRunner {
             }
             // Exit 0 is a launcher's (`sleep 0`): polling goes on (section 2).
             if let Some(ChildState::Failed(status)) = child.as_ref().map(|rx| *rx.borrow()) {
-                let stopped = format!("the runtime stopped before {} answered", self.cfg.health_url);
+                let stopped = format!(
+                    "the runtime stopped before {} answered",
+                    self.cfg.health_url
+                );
                 // The result (one-shot) carries the stderr tail; /health, which
                 // anyone may read, only how the runtime ended.
                 *self.health.lock().unwrap() = Health::Unhealthy(format!(

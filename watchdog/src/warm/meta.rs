@@ -206,7 +206,7 @@ mod tests {
                 let v = hyper::header::HeaderValue::from_bytes(raw).expect("valid header bytes");
                 h.insert(name, v);
             }
-            let m = RequestMeta::read(&h, fallback.as_deref());
+            let m = RequestMeta::read(&h, fallback.as_deref(), None);
 
             let given_id = ascii(&id).map(str::trim).filter(|s| !s.is_empty());
             match given_id {
