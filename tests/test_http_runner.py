@@ -332,7 +332,12 @@ def test_2xx_answer_is_json_or_declared_text(upstream_pids, raw, content_type, e
                 assert got["body"]["output"] is None
             else:
                 assert r.status_code == 200, r.text
-                assert r.json() == expected
+                if isinstance(expected, str):
+                    # Text goes to the client as it is, with the runtime's Content-Type.
+                    assert r.headers["Content-Type"] == content_type
+                    assert r.text == raw
+                else:
+                    assert r.json() == expected
                 assert got["body"] == {"success": True, "output": expected, "error": None}
             # The runtime is still fine afterwards.
             assert invoke(w, upstream_pids, {"after": 1}).status_code == 200
@@ -353,3 +358,76 @@ def test_oneshot_text_answer_is_the_output_and_invalid_json_is_function_error():
             else:
                 assert body["success"] is False and body["error"]["code"] == "FUNCTION_ERROR", body
                 assert "Invalid JSON output" in body["error"]["message"], body
+
+
+# --- streamed answers and 2xx statuses passed through (issue "beyond the peers") ----------------
+
+def test_2xx_status_and_content_type_reach_the_client(upstream_pids):
+    with CallbackServer() as cb:
+        with Warm(http_env(free_port(), CALLBACK_URL=cb.url), cwd=REPO) as w:
+            r = w.post(json={"input": {"ok_status": 201}}, headers={"X-Execution-Id": "created"})
+            assert r.status_code == 201, r.text
+            assert r.json()["payload"] == {"input": {"ok_status": 201}}
+            r = w.post(json={"input": {"raw": "<p>hi</p>", "content_type": "text/html", "ok_status": 202}},
+                       headers={"X-Execution-Id": "html"})
+            assert (r.status_code, r.headers["Content-Type"], r.text) == (202, "text/html", "<p>hi</p>")
+            outputs = {c["path"]: c["body"]["output"] for c in cb.wait_for(2)}
+            assert outputs["/cb/html:complete"] == "<p>hi</p>"
+            assert outputs["/cb/created:complete"]["payload"] == {"input": {"ok_status": 201}}
+
+
+def test_an_sse_runtime_is_passed_through_chunk_by_chunk(upstream_pids):
+    with CallbackServer() as cb:
+        with Warm(http_env(free_port(), CALLBACK_URL=cb.url), cwd=REPO) as w:
+            spec = {"input": {"stream": 5, "every": 0.2, "format": "sse"}}
+            arrivals, events = [], []
+            with requests.post(w.url + "/invoke", json=spec, stream=True, timeout=10,
+                               headers={"X-Execution-Id": "sse-1", "Accept": "text/event-stream"}) as r:
+                assert r.status_code == 200, r.text
+                assert r.headers["Content-Type"] == "text/event-stream"
+                for line in r.iter_lines():
+                    if line.startswith(b"data: "):
+                        arrivals.append(time.time())
+                        events.append(json.loads(line[len(b"data: "):]))
+            assert [e["i"] for e in events] == [0, 1, 2, 3, 4]
+            # Each value reached the client before the runtime produced the next one.
+            for k in range(4):
+                assert arrivals[k] < events[k + 1]["t"], (k, arrivals[k], events[k + 1]["t"])
+            # The callback carries the values collected.
+            body = cb.wait_for(1)[0]["body"]
+            assert body["success"] is True
+            assert [v["i"] for v in body["output"]] == [0, 1, 2, 3, 4]
+
+
+def test_an_ndjson_runtime_reaches_an_sse_client_and_a_json_client(upstream_pids):
+    with Warm(http_env(free_port()), cwd=REPO) as w:
+        spec = {"input": {"stream": 3, "format": "ndjson"}}
+        r = w.post(json=spec, headers={"Accept": "text/event-stream"})
+        assert r.headers["Content-Type"] == "text/event-stream"
+        data = [json.loads(p[len("data: "):]) for p in r.text.strip().split("\n\n")]
+        assert [d["i"] for d in data] == [0, 1, 2]
+        r = w.post(json=spec)
+        assert r.headers["Content-Type"] == "application/x-ndjson"
+        assert [json.loads(l)["i"] for l in r.text.strip().splitlines()] == [0, 1, 2]
+
+
+def test_a_runtime_stream_past_its_deadline_ends_with_a_timeout_line(upstream_pids):
+    with CallbackServer() as cb:
+        with Warm(http_env(free_port(), CALLBACK_URL=cb.url), cwd=REPO) as w:
+            spec = {"input": {"stream": 1000, "every": 0.1, "format": "ndjson"}}
+            r = w.post(json=spec, headers={"X-Execution-Id": "late", "X-Timeout-Ms": "800"})
+            lines = [json.loads(l) for l in r.text.strip().splitlines()]
+            assert 2 <= len(lines) < 20, lines
+            assert lines[-1]["code"] == "TIMEOUT", lines[-1]
+            body = cb.wait_for(1)[0]["body"]
+            assert body["success"] is False and body["error"]["code"] == "TIMEOUT", body
+            # The runtime is free for the next one.
+            assert invoke(w, upstream_pids, {"after": 1}).status_code == 200
+
+
+def test_a_runtime_stream_over_max_output_bytes_is_cut(upstream_pids):
+    with Warm(http_env(free_port(), MAX_OUTPUT_BYTES=2000), cwd=REPO) as w:
+        r = w.post(json={"input": {"stream": 500, "format": "ndjson"}})
+        lines = [json.loads(l) for l in r.text.strip().splitlines()]
+        assert lines[-1]["code"] == "OUTPUT_TOO_LARGE", lines[-1]
+        assert sum(len(json.dumps(l)) for l in lines[:-1]) <= 2000

@@ -9,7 +9,9 @@ A payload object (or its "input" object) may ask for test behaviours:
 {"status": 500} answers with that status, {"sleep": 1.5} sleeps first,
 {"exit": 1} exits the server with that code right after answering,
 {"raw": "text", "content_type": "text/plain"} answers 200 with that body as it is and that
-Content-Type (`"content_type": null` sends none).
+Content-Type (`"content_type": null` sends none), {"ok_status": 201} answers that 2xx status,
+{"stream": 5, "every": 0.1, "format": "sse"} streams that many values {"i": k, "t": <time>}
+`every` seconds apart, chunked, as server-sent events ("sse") or NDJSON ("ndjson").
 UPSTREAM_START_DELAY (seconds) delays listening, to show readiness waits on health.
 """
 
@@ -58,17 +60,39 @@ class Handler(BaseHTTPRequestHandler):
             spec = spec["input"]
         if "sleep" in spec:
             time.sleep(float(spec["sleep"]))
+        ok = int(spec.get("ok_status", 200))
         if "status" in spec:
             self._send(int(spec["status"]), {"error": f"upstream asked to answer {spec['status']}"})
+        elif "stream" in spec:
+            self._stream(ok, int(spec["stream"]), float(spec.get("every", 0)), spec.get("format"))
         elif "raw" in spec:
-            self._send(200, spec["raw"].encode(), spec.get("content_type"))
+            self._send(ok, spec["raw"].encode(), spec.get("content_type"))
         else:
             headers = {k: self.headers[k] for k in FORWARDED if self.headers.get(k) is not None}
-            self._send(200, {"payload": payload, "headers": headers, "pid": os.getpid()})
+            self._send(ok, {"payload": payload, "headers": headers, "pid": os.getpid()})
         if "exit" in spec:
             code = int(spec["exit"])
             # Let the answer leave before the process goes.
             threading.Timer(0.05, lambda: os._exit(code)).start()
+
+    def _stream(self, status, count, every, fmt):
+        sse = fmt == "sse"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i in range(count):
+                if i and every:
+                    time.sleep(every)
+                value = json.dumps({"i": i, "t": time.time()})
+                data = (f": tick {i}\nid: {i}\ndata: {value}\n\n" if sse else value + "\n").encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the watchdog stopped reading: stop producing
 
     def log_message(self, fmt, *args):
         print("upstream: " + fmt % args, flush=True)

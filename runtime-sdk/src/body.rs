@@ -199,7 +199,7 @@ impl Output {
                 bytes,
                 content_type,
             } => match std::str::from_utf8(bytes) {
-                Ok(text) if content_type.starts_with("text/") => AsJson {
+                Ok(text) if is_text(content_type) => AsJson {
                     json: Json::string(text),
                     encoding: None,
                 },
@@ -226,6 +226,13 @@ impl From<Json> for Output {
     fn from(j: Json) -> Output {
         Output::json(j)
     }
+}
+
+/// Whether a `Content-Type` names a `text/*` media type (case-insensitive).
+fn is_text(content_type: &str) -> bool {
+    content_type
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("text/"))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use tokio::sync::{watch, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use super::process::{self, ProcessGroup, SharedTail, Tail};
+use super::relay;
 use crate::config::HttpConfig;
 use crate::shutdown::Shutdown;
 
@@ -216,6 +217,12 @@ impl HttpRunner {
 
     async fn post(&self, inv: Invocation) -> InvokeResult {
         let body = inv.payload.bytes();
+        let limits = relay::Limits {
+            max_output: self.cfg.max_output,
+            deadline: inv.deadline,
+            execution_id: inv.execution_id.clone(),
+            budget: inv.budget(),
+        };
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.runtime_uri.clone())
@@ -264,6 +271,16 @@ impl HttpRunner {
         })?;
         let status = resp.status();
         let content_type = resp.headers().get(CONTENT_TYPE).cloned();
+        let framing = content_type
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(relay::Framing::of);
+        if let (true, Some(framing)) = (status.is_success(), framing) {
+            // Relayed as it arrives, never held whole.
+            let mut out = Output::stream(relay::relay(resp.into_body(), framing, limits));
+            out.status = passed_on(status);
+            return Ok(out);
+        }
         let limit = self.cfg.max_output;
         // Read as it comes, stopped at MAX_OUTPUT_BYTES (section 10).
         let bytes = match Limited::new(resp.into_body(), limit).collect().await {
@@ -289,8 +306,15 @@ impl HttpRunner {
                 ),
             ));
         }
-        output_of_answer(content_type.as_ref(), bytes)
+        let mut out = output_of_answer(content_type.as_ref(), bytes)?;
+        out.status = passed_on(status);
+        Ok(out)
     }
+}
+
+/// A 2xx status other than 200, which the client gets too (section 2).
+fn passed_on(status: hyper::StatusCode) -> Option<u16> {
+    (status.is_success() && status != hyper::StatusCode::OK).then_some(status.as_u16())
 }
 
 impl Handler for HttpRunner {
@@ -557,7 +581,9 @@ impl HealthWatch {
 
 /// A 2xx answer's body as the function's output (section 2): a JSON body
 /// is the output; a body that is not JSON is one only when the runtime
-/// labelled it `text/*`, and the output is then that text as a JSON string.
+/// labelled it `text/*`: the client then gets it as it is, with its
+/// `Content-Type`, and the output (a callback's, a one-shot result) is that
+/// text as a JSON string.
 fn output_of_answer(content_type: Option<&HeaderValue>, body: Bytes) -> InvokeResult {
     let body = match Json::parse(body.clone()) {
         Ok(json) => return Ok(Output::json(json)),
@@ -567,7 +593,7 @@ fn output_of_answer(content_type: Option<&HeaderValue>, body: Bytes) -> InvokeRe
     let invalid = |what: String| InvokeError::new(ErrorCode::FunctionError, what);
     match label.as_deref() {
         Some(l) if is_text(l) => match std::str::from_utf8(&body) {
-            Ok(text) => Ok(Output::json(Json::string(text))),
+            Ok(_) => Ok(Output::raw(body, l)),
             Err(e) => Err(invalid(format!(
                 "Invalid JSON output: the runtime answered Content-Type {l} with a body that is not UTF-8 (at byte {})",
                 e.valid_up_to()

@@ -5,6 +5,7 @@ pub mod file;
 pub mod http;
 pub mod kept;
 pub mod process;
+pub mod relay;
 pub mod stdio;
 
 use std::sync::Arc;

@@ -118,9 +118,13 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
     let result = match result {
         Ok(Output {
             body: Body::Stream(chunks),
-            ..
+            status,
+            headers,
         }) => match chunks.take() {
-            Some(source) => forward(&state, source, reply, target.is_some(), deadline).await,
+            Some(source) => {
+                let head = Head { status, headers };
+                forward(&state, source, head, reply, target.is_some(), deadline).await
+            }
             None => Err(InvokeError::new(
                 ErrorCode::FunctionError,
                 "the stream was already read",
@@ -141,6 +145,13 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
     }
 }
 
+/// What a streamed answer says besides its values: the status and headers the
+/// function chose, which the client gets with them.
+struct Head {
+    status: Option<u16>,
+    headers: Vec<(String, String)>,
+}
+
 /// Passes a streamed answer on to the client value by value (back-pressure: one
 /// value in flight), keeping the values for the callback when there is one (as a
 /// JSON array). A client that goes away, the drain timeout, or a producer stuck past
@@ -148,6 +159,7 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
 async fn forward(
     state: &State,
     mut source: ChunkStream,
+    head: Head,
     reply: oneshot::Sender<InvokeResult>,
     collect: bool,
     deadline: std::time::Instant,
@@ -156,7 +168,12 @@ async fn forward(
     let to_client = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    let client_here = reply.send(Ok(Output::stream(Box::pin(to_client)))).is_ok();
+    let to_client = Output {
+        status: head.status,
+        headers: head.headers,
+        ..Output::stream(Box::pin(to_client))
+    };
+    let client_here = reply.send(Ok(to_client)).is_ok();
     let mut values: Vec<Json> = Vec::new();
     // The producer ends the stream with TIMEOUT at the deadline; this is the
     // backstop for one that cannot.
