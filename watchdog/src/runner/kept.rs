@@ -1371,16 +1371,39 @@ mod tests {
         let started = dir.path().join("started");
         std::fs::write(&version, "1").unwrap();
         let script = format!(
-            r#"v=$(cat {}); while IFS= read -r line; do
+            r#"v=$(cat {}); touch {}/read.$$; while IFS= read -r line; do
                 case "$line" in *slow*) touch {}; sleep 0.5;; esac
                 id=$(printf '%s' "$line" | sed -E 's/^\{{"id":"([^"]*)".*/\1/')
                 printf '{{"id":"%s","output":"%s"}}\n' "$id" "$v" >&3
             done"#,
             version.display(),
+            dir.path().display(),
             started.display()
         );
         let runner = LoopRunner::new(bash(&script), 2, Duration::ZERO);
         runner.start().await.unwrap();
+        // Both children have read version 1 before it changes (a child started is
+        // not yet one that has run its first line).
+        let read = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("read.")
+                })
+                .count()
+        };
+        let waited = std::time::Instant::now();
+        while read() < 2 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "children never started"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let call = |id: &str, payload| {
             runner.invoke(Invocation::new(
                 id,
