@@ -295,6 +295,17 @@ def test_print_and_logging_reach_the_log_with_the_execution_id():
         assert ctx[0].get("execution_id") == exec_id, ctx
 
 
+def test_logging_imported_first_by_a_handler_reaches_the_log():
+    # logging is not loaded at start-up (6 ms of cold start); it is routed when imported.
+    with Warm(py_env(module="lazy_logging", LOG_LEVEL="info")) as w:
+        exec_id = "exec-lazy-" + uuid.uuid4().hex[:6]
+        r = w.post(json={"tag": "t2"}, headers={"X-Execution-Id": exec_id})
+        assert r.status_code == 200, r.text
+        lines = wait_until(lambda: [l for l in w.log_lines()
+                                    if "lazily-logged t2" in str(l.get("message", ""))], 3)
+        assert lines[0].get("execution_id") == exec_id and lines[0].get("level") == "WARN", lines
+
+
 # -- one-shot -------------------------------------------------------------------------
 
 def test_oneshot_with_callback():

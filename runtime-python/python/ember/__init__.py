@@ -16,9 +16,11 @@ the watchdog; it behaves the same there, minus the log forwarding.
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["Context", "FunctionError", "Request", "Response"]
 
@@ -139,6 +141,8 @@ class Context:
     def logger(self) -> logging.LoggerAdapter:
         # Built on first use: most handlers never log, and an adapter per call is not free.
         if self._logger is None:
+            import logging
+
             self._logger = logging.LoggerAdapter(
                 logging.getLogger(self.function_name or "function"),
                 {"execution_id": self.execution_id, "trace_id": self.trace_id},

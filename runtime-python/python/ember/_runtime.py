@@ -8,11 +8,10 @@ handler raises.
 
 from __future__ import annotations
 
-# Only what loading needs: asyncio (25 ms), inspect and traceback are imported when first
-# used, since every millisecond here is cold-start time.
+# Only what loading needs: asyncio (25 ms), inspect, traceback and logging (6 ms) are
+# imported when first used, since every millisecond here is cold-start time.
 import importlib
 import io
-import logging
 import os
 import sys
 
@@ -66,37 +65,91 @@ class _Stream(io.TextIOBase):
         pass
 
 
-class _LogHandler(logging.Handler):
-    """Root handler: each record becomes one watchdog log event at the mapped level.
-
-    Records from `context.logger` carry their execution id; any other record logged on a
-    worker thread gets the id of the invocation that thread is running.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            _native.log(
-                record.levelno,
-                record.name,
-                self.format(record),
-                getattr(record, "execution_id", None),
-                getattr(record, "trace_id", None),
-            )
-        except Exception:
-            self.handleError(record)
-
-
 def install(level: int) -> None:
-    """Routes print() and logging to the watchdog's log; `level` mirrors LOG_LEVEL."""
+    """Routes print() and logging to the watchdog's log; `level` mirrors LOG_LEVEL.
+
+    `logging` is routed as soon as it is imported, by whoever imports it first (the
+    handler, a library, `context.logger`); a function that never logs never loads it.
+    """
+    global _log_level
     _guard_signals()
     sys.stdout = _Stream("<stdout>", _STDOUT)
     sys.stderr = _Stream("<stderr>", _STDERR)
+    _log_level = level
+    if "logging" in sys.modules:
+        _route_logging(sys.modules["logging"])
+    elif not any(isinstance(f, _WhenLoggingLoads) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WhenLoggingLoads())
+
+
+_log_level = 0
+
+
+def _route_logging(logging) -> None:
+    """Makes a root handler of `logging` send each record to the watchdog's log, as one
+    event at the mapped level. Records from `context.logger` carry their execution id;
+    any other record logged on a worker thread gets the id of the invocation that thread
+    is running."""
+
+    class _LogHandler(logging.Handler):
+        _ember = True
+
+        def emit(self, record) -> None:
+            try:
+                _native.log(
+                    record.levelno,
+                    record.name,
+                    self.format(record),
+                    getattr(record, "execution_id", None),
+                    getattr(record, "trace_id", None),
+                )
+            except Exception:
+                self.handleError(record)
+
     root = logging.getLogger()
     for h in list(root.handlers):
-        if isinstance(h, _LogHandler):
+        if getattr(h, "_ember", False):
             root.removeHandler(h)
     root.addHandler(_LogHandler())
-    root.setLevel(level)
+    root.setLevel(_log_level)
+
+
+class _WhenLoggingLoads:
+    """A meta path finder that finds nothing itself: it has `logging` found by the
+    finders after it and routes the module once its code has run."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging":
+            return None
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenRoute(spec.loader)
+                return spec
+        return None
+
+
+class _ThenRoute:
+    """The loader of `logging`, with the routing done after the module's code."""
+
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _route_logging(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
 
 
 # Signals the watchdog handles itself: SIGTERM and SIGINT start its drain (contract
@@ -138,7 +191,7 @@ def _guard_signals() -> None:
         if num not in warned:
             warned.add(num)
             _native.log(
-                logging.WARNING,
+                30,  # logging.WARNING, without importing logging
                 "ember",
                 f"signal.signal({names[num]}, ...) ignored: the watchdog handles {names[num]} "
                 "itself (SIGTERM and SIGINT drain running invocations, then exit)",
