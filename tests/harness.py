@@ -136,9 +136,9 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def _live_parents() -> dict:
-    """parent pid -> [child pids] of every live (not zombie) process."""
-    parents = {}
+def _process_table() -> dict:
+    """pid -> (parent pid, state) of every process, zombies included."""
+    table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -149,10 +149,28 @@ def _live_parents() -> dict:
             continue
         # The state and the parent follow the parenthesised command name.
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] in ("Z", "X"):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(entry))
+        table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def _live_parents() -> dict:
+    """parent pid -> [child pids] of every live (not zombie) process."""
+    parents = {}
+    for pid, (ppid, state) in _process_table().items():
+        if state not in ("Z", "X"):
+            parents.setdefault(ppid, []).append(pid)
     return parents
+
+
+def process_tree(root: int) -> dict:
+    """pid -> (parent pid, state) of `root` and every process below it, zombies included."""
+    table, tree, todo = _process_table(), {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in tree:
+            tree[pid] = table[pid]
+            todo.extend(p for p, (pp, _) in table.items() if pp == pid)
+    return tree
 
 
 def children_of(pid: int) -> list:

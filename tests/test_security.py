@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import BIN, FIXTURES, PY, CallbackServer, Warm, clean_env, run_oneshot, wait_until
+from harness import (BIN, FIXTURES, PY, CallbackServer, Warm, clean_env, process_tree, run_oneshot,
+                     wait_until)
 
 SEC = FIXTURES / "security"
 NOPY_BIN = os.environ.get("WATCHDOG_NOPY_BIN") or BIN
@@ -296,26 +297,6 @@ def test_help_lists_the_connection_limits_with_their_defaults():
 
 # -- 6. as PID 1: orphans are reaped, Python's own children are left to Python -------------
 
-def processes_under(root):
-    """{pid: (ppid, state)} of root and its descendants."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = open(f"/proc/{name}/stat").read()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            table[int(name)] = (int(fields[1]), fields[0])
-    tree, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            tree[pid] = table[pid]
-            todo.extend(p for p, (pp, _) in table.items() if pp == pid)
-    return tree
-
-
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"]
 
 
@@ -328,11 +309,11 @@ def test_popen_wait_sees_the_exit_status_when_the_watchdog_is_pid_1():
         assert r.json()["pid"] == 2, "the watchdog runs under a PID-1 init"
         # The orphaned `sleep` was re-parented to PID 1 and is reaped there.
         def no_zombie():
-            tree = processes_under(w.proc.pid)
+            tree = process_tree(w.proc.pid)
             return len(tree) >= 3 and not [p for p, (_, st) in tree.items() if st == "Z"]
         wait_until(no_zombie, 5)
         # SIGTERM to PID 1 reaches the watchdog, which drains and exits 0.
-        init = [p for p, (pp, _) in processes_under(w.proc.pid).items() if pp == w.proc.pid][0]
+        init = [p for p, (pp, _) in process_tree(w.proc.pid).items() if pp == w.proc.pid][0]
         os.kill(init, signal.SIGTERM)
         assert w.wait(10) == 0
         assert "drained, exiting" in w.logs()

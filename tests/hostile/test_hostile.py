@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import EXAMPLES, FIXTURES, PY, REPO, Warm, clean_env, free_port, wait_until
+from harness import (EXAMPLES, FIXTURES, PY, REPO, Warm, clean_env, free_port, process_tree,
+                     wait_until)
 
 MB = 1024 * 1024
 
@@ -149,24 +150,8 @@ def rss_kb(pid):
 
 
 def descendants(pid):
-    """{pid: state} of every process below pid."""
-    parent = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = open(f"/proc/{name}/stat").read()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            parent[int(name)] = (int(fields[1]), fields[0])
-    found, todo = {}, [pid]
-    while todo:
-        p = todo.pop()
-        for child, (pp, state) in parent.items():
-            if pp == p and child not in found:
-                found[child] = state
-                todo.append(child)
-    return found
+    """{pid: state} of every process below pid, zombies included."""
+    return {p: st for p, (_, st) in process_tree(pid).items() if p != pid}
 
 
 class Target:
