@@ -217,12 +217,6 @@ impl HttpRunner {
 
     async fn post(&self, inv: Invocation) -> InvokeResult {
         let body = inv.payload.bytes();
-        let limits = relay::Limits {
-            max_output: self.cfg.max_output,
-            deadline: inv.deadline,
-            execution_id: inv.execution_id.clone(),
-            budget: inv.budget(),
-        };
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.runtime_uri.clone())
@@ -277,6 +271,12 @@ impl HttpRunner {
             .and_then(relay::Framing::of);
         if let (true, Some(framing)) = (status.is_success(), framing) {
             // Relayed as it arrives, never held whole.
+            let limits = relay::Limits {
+                max_output: self.cfg.max_output,
+                deadline: inv.deadline,
+                budget: inv.budget(),
+                execution_id: inv.execution_id,
+            };
             let mut out = Output::stream(relay::relay(resp.into_body(), framing, limits));
             out.status = passed_on(status);
             return Ok(out);
