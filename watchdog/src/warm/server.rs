@@ -698,6 +698,24 @@ mod tests {
         out
     }
 
+    /// `serve` on a free port until `stop` is sent; `server` is its task.
+    async fn started(
+        app: Router,
+        limits: ConnLimits,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, limits, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop, server)
+    }
+
     fn app() -> Router {
         Router::new().route("/", axum::routing::get(|| async { "ok" }))
     }
@@ -705,12 +723,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_head_is_cut_while_others_are_served() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, app(), limits(), async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, server) = started(app(), limits()).await;
 
         let mut slow = TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET / HT").await.unwrap();
@@ -726,17 +739,12 @@ mod tests {
 
     #[tokio::test]
     async fn connections_over_the_limit_wait_for_a_free_one() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let limits = ConnLimits {
             max_connections: 1,
             header_read_timeout: Duration::from_millis(300),
             ..limits()
         };
-        let server = tokio::spawn(serve(listener, app(), limits, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, server) = started(app(), limits).await;
         // Holds the only slot until its header timeout closes it.
         let _idle = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -754,9 +762,6 @@ mod tests {
     #[tokio::test]
     async fn shutdown_lets_the_request_in_flight_finish() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new().route(
             "/",
             axum::routing::get(|| async {
@@ -764,9 +769,7 @@ mod tests {
                 "late"
             }),
         );
-        let server = tokio::spawn(serve(listener, app, limits(), async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, server) = started(app, limits()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
