@@ -216,6 +216,8 @@ def _guard_signals() -> None:
 _FunctionType = type(install)
 _CO_VARARGS = 0x04
 _CO_COROUTINE = 0x80
+_CO_GENERATOR = 0x20
+_CO_ASYNC_GENERATOR = 0x200
 
 
 def arity(func) -> int:
@@ -279,8 +281,17 @@ def is_async(func) -> bool:
     return inspect.iscoroutinefunction(func)
 
 
+def is_generator(func) -> bool:
+    if type(func) is _FunctionType and not hasattr(func, "__wrapped__"):
+        return bool(func.__code__.co_flags & (_CO_GENERATOR | _CO_ASYNC_GENERATOR))
+    import inspect
+
+    return inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
+
+
 def load(path: str, module: str, function: str):
-    """Imports HANDLER_MODULE from HANDLER_PATH; returns (func, arity, is_coroutine_function)."""
+    """Imports HANDLER_MODULE from HANDLER_PATH; returns (func, arity,
+    is_coroutine_function, is_generator_function)."""
     path = os.path.abspath(path or ".")
     if not sys.path or sys.path[0] != path:
         # A new list, not an edit: an import iterating sys.path meanwhile on another
@@ -310,7 +321,7 @@ def load(path: str, module: str, function: str):
     if coroutine:
         import asyncio  # noqa: F401 - now, not in the first invocation's time
 
-    return func, arity(func), coroutine
+    return func, arity(func), coroutine, is_generator(func)
 
 
 def reload(path: str, module: str, function: str):

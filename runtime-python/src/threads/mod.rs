@@ -1,9 +1,14 @@
-//! Dedicated Python threads, granian style.
+//! Dedicated Python threads, granian style, and a lane for quick calls.
 //!
 //! `slots` OS threads attach to the interpreter once and take jobs from one shared queue.
 //! While a thread waits it is detached (GIL released), so idle threads cost the running
-//! ones nothing; a job runs with the GIL and answers through a tokio `oneshot`. tokio
-//! worker threads never touch Python: they queue a job and await its answer.
+//! ones nothing; a job runs with the GIL and answers through a tokio `oneshot`.
+//!
+//! A hand-off costs two wake-ups, more than a quick handler's call. So when the handler
+//! has been quick, no other call runs and the runtime has a worker to spare, the call
+//! runs on the tokio worker that asked for it instead ([`lane`]): no queue, no wake-up.
+//! Everything else (deadline, `TimeoutError`, logging, a stuck call's abandonment) is
+//! the same for both, since both run [`Pool::run`] on a [`Slot`].
 //!
 //! Deadlines: the awaiting side gives up at the deadline (that is what makes
 //! `invoke` end on time whatever Python does), and a short-lived `ember-py-deadline`
@@ -25,6 +30,8 @@ use pyo3::{ffi, intern};
 use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Json, Output, Payload};
 use tokio::sync::oneshot;
 
+mod lane;
+
 use crate::embed::{self, Runtime};
 use crate::{convert, errors, logs, output, signals, PythonConfig};
 
@@ -43,6 +50,8 @@ pub(crate) struct Loaded {
     func: Py<PyAny>,
     takes_context: bool,
     is_async: bool,
+    /// A generator function: its call streams for as long as the reader reads.
+    is_generator: bool,
 }
 
 // Load is sent once per process (Reload once per change); boxing Invoke would cost an
@@ -54,6 +63,9 @@ enum Job {
     /// Import the module afresh and swap the handler (`RELOAD`).
     Reload(oneshot::Sender<Result<(), InvokeError>>),
     Invoke(Call),
+    /// Stay out of work while a lane call runs past the caller's end (see
+    /// [`Pending`]): a thread's worth of capacity, as a thread's own call would hold.
+    Hold(Arc<Slot>, u64),
 }
 
 /// The handler now serving. A reload replaces it whole while calls run: each call takes
@@ -67,6 +79,9 @@ struct Current {
     loaded: Mutex<Option<Arc<Loaded>>>,
     /// The current handler's `takes_context`, read per request by the server.
     takes_context: AtomicBool,
+    /// The current handler is neither a coroutine nor a generator function (the lane
+    /// may run it).
+    plain: AtomicBool,
 }
 
 /// A worker's copy of the handler, and the generation it was taken at.
@@ -77,6 +92,8 @@ impl Current {
         let mut current = lock(&self.loaded);
         self.takes_context
             .store(loaded.takes_context, Ordering::Relaxed);
+        self.plain
+            .store(!loaded.is_async && !loaded.is_generator, Ordering::Relaxed);
         *current = Some(Arc::new(loaded));
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -118,6 +135,33 @@ struct Slot {
     /// Set when the thread stayed in a job past its deadline plus the grace: a fresh
     /// thread took its place, and this one exits as soon as its job returns.
     abandoned: AtomicBool,
+    /// A tokio worker's slot in the lane: no thread replaces it when abandoned.
+    in_lane: bool,
+}
+
+impl Slot {
+    fn new(name: String, in_lane: bool) -> Slot {
+        Slot {
+            name,
+            ident: AtomicU64::new(0),
+            tstate: AtomicPtr::new(std::ptr::null_mut()),
+            running: Mutex::new(None),
+            runner: OnceLock::new(),
+            abandoned: AtomicBool::new(false),
+            in_lane,
+        }
+    }
+
+    /// Records the calling thread's Python identity (attached, for good).
+    fn attach_here(&self, py: Python<'_>) {
+        match thread_ident(py) {
+            Ok(id) => self.ident.store(id, Ordering::Relaxed),
+            Err(e) => tracing::warn!(thread = %self.name, "no Python thread id: {e}"),
+        }
+        // SAFETY: attached, so this thread has a state; it keeps it until it exits.
+        self.tstate
+            .store(unsafe { ffi::PyThreadState_Get() }, Ordering::Release);
+    }
 }
 
 struct Running {
@@ -130,6 +174,8 @@ struct Running {
 }
 
 pub(crate) struct Pool {
+    /// Tells pools apart (a worker's lane slot belongs to one).
+    id: u64,
     cfg: PythonConfig,
     queue: JobQueue,
     /// Every live worker thread, abandoned ones included until they exit.
@@ -144,6 +190,7 @@ pub(crate) struct Pool {
     /// Closes when every thread has exited (each holds a sender).
     exited: Mutex<Option<tokio::sync::mpsc::Receiver<()>>>,
     next_seq: AtomicU64,
+    lane: lane::Lane,
 }
 
 /// The jobs every thread takes from. A condvar wakes exactly one idle thread per job
@@ -219,7 +266,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Pool {
     pub(crate) fn new(cfg: PythonConfig) -> Arc<Pool> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Arc::new(Pool {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cfg,
             queue: JobQueue::default(),
             slots: Mutex::new(Vec::new()),
@@ -229,6 +278,7 @@ impl Pool {
             loaded: Current::default(),
             exited: Mutex::new(None),
             next_seq: AtomicU64::new(1),
+            lane: lane::Lane::default(),
         })
     }
 
@@ -285,14 +335,7 @@ impl Pool {
             return Err(std::io::Error::other("the Python runtime has shut down"));
         };
         let n = self.next_thread.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot {
-            name: format!("ember-py-{n}"),
-            ident: AtomicU64::new(0),
-            tstate: AtomicPtr::new(std::ptr::null_mut()),
-            running: Mutex::new(None),
-            runner: OnceLock::new(),
-            abandoned: AtomicBool::new(false),
-        });
+        let slot = Arc::new(Slot::new(format!("ember-py-{n}"), false));
         let (pool, worker_slot) = (Arc::clone(self), Arc::clone(&slot));
         lock(&self.slots).push(slot.clone());
         let spawned = thread::Builder::new()
@@ -322,11 +365,18 @@ impl Pool {
         let deadline = inv.deadline;
         let execution_id = inv.execution_id.clone();
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Invoke(Call {
+        let call = Call {
             seq,
             inv,
             reply: tx,
-        }))?;
+        };
+        if let Some(call) = self.lane.try_run(self, call) {
+            self.lane.queued();
+            if let Err(e) = self.send(Job::Invoke(call)) {
+                self.lane.dequeued();
+                return Err(e);
+            }
+        }
         let mut pending = Pending {
             pool: self,
             seq,
@@ -408,13 +458,7 @@ impl Pool {
         // watchdog); the others wait for it inside initialize().
         Python::initialize();
         Python::attach(|py| {
-            match thread_ident(py) {
-                Ok(id) => slot.ident.store(id, Ordering::Relaxed),
-                Err(e) => tracing::warn!(thread = %slot.name, "no Python thread id: {e}"),
-            }
-            // SAFETY: attached, so this thread has a state; it keeps it until it exits.
-            slot.tstate
-                .store(unsafe { ffi::PyThreadState_Get() }, Ordering::Release);
+            slot.attach_here(py);
             // The last job's answer, sent once the GIL is released: the caller's next job
             // may go to another thread, which then finds the GIL free instead of waking
             // up only to wait for this one to let go of it.
@@ -430,6 +474,8 @@ impl Pool {
                     self.queue.pop()
                 });
                 let Some(job) = job else { break };
+                let invoke = matches!(job, Job::Invoke(_));
+                let started = Instant::now();
                 let outcome = catch_unwind(AssertUnwindSafe(|| match job {
                     Job::Load(reply) => {
                         let _ = reply.send(self.load(py, false));
@@ -440,7 +486,15 @@ impl Pool {
                         None
                     }
                     Job::Invoke(call) => self.run(py, slot, call, &mut held),
+                    Job::Hold(lane, seq) => {
+                        py.detach(|| lane::hold(&lane, seq));
+                        None
+                    }
                 }));
+                if invoke {
+                    self.lane.dequeued();
+                    self.lane.took(started.elapsed());
+                }
                 match outcome {
                     Ok(next) => answer = next,
                     // A dropped reply tells the caller; the thread keeps serving.
@@ -473,9 +527,9 @@ impl Pool {
         let found = loader
             .bind(py)
             .call1((path, &self.cfg.module, &self.cfg.function))
-            .and_then(|t| t.extract::<(Py<PyAny>, u8, bool)>());
+            .and_then(|t| t.extract::<(Py<PyAny>, u8, bool, bool)>());
         signals.restore();
-        let (func, arity, is_async) = match found {
+        let (func, arity, is_async, is_generator) = match found {
             Ok(found) => found,
             Err(e) if fresh => return Err(errors::reload_error(py, rt, &e)),
             Err(e) => return Err(errors::load_error(py, Some(rt), &e)),
@@ -499,6 +553,7 @@ impl Pool {
             func,
             takes_context: arity == 2,
             is_async,
+            is_generator,
         });
         Ok(())
     }
@@ -791,6 +846,18 @@ impl Pool {
             slot.abandoned.store(true, Ordering::Release);
         }
         let stuck = self.stuck_threads.fetch_add(1, Ordering::AcqRel) + 1;
+        if slot.in_lane {
+            // A tokio worker, not one of the pool's threads: the pool's capacity is
+            // whole, and the lane stays closed until the call returns.
+            tracing::error!(
+                execution_id,
+                stuck_threads = stuck,
+                "handler did not stop within {} ms after its deadline (it ran on a \
+                 server thread); /health reports unhealthy until it returns",
+                self.cfg.kill_grace.as_millis()
+            );
+            return;
+        }
         tracing::error!(
             execution_id,
             thread = %slot.name,
@@ -1081,7 +1148,12 @@ impl Drop for Pending<'_> {
         // Closed before looking at the slots: a worker marks its slot busy before it
         // checks the channel, so either it sees the channel closed or we see it busy.
         drop(answer);
-        if self.pool.slot_running(self.seq).is_some() {
+        if let Some(slot) = self.pool.slot_running(self.seq) {
+            if slot.in_lane {
+                // A thread's call would keep its thread until it stops; a lane call
+                // keeps one of the threads out of work instead, first in line.
+                self.pool.queue.push_first(Job::Hold(slot, self.seq));
+            }
             // Dropped before its deadline, the invocation was cancelled: nobody will
             // read its result, so the handler is stopped now and its thread freed.
             let stop_at = self.deadline.min(Instant::now());

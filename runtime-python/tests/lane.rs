@@ -1,0 +1,102 @@
+//! The lane (quick calls on the caller's tokio worker), in a test binary of its own:
+//! which path a call takes depends on how long recent calls took, and other tests'
+//! handlers holding the GIL would slow these down.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use runtime_python::{PythonConfig, PythonHandler};
+use runtime_sdk::{Body, Handler, Invocation, Json};
+use serde_json::{json, Value};
+
+async fn started(module: &str, function: &str) -> PythonHandler {
+    let h = PythonHandler::new(PythonConfig {
+        module: module.into(),
+        function: function.into(),
+        path: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py"),
+        slots: 1,
+        kill_grace: Duration::from_millis(200),
+        function_name: "testfn".into(),
+        max_output: 1 << 20,
+    });
+    h.start().await.expect("handler loads");
+    h
+}
+
+/// The OS thread a `t_lane` handler ran on, by its name.
+async fn ran_on(h: &PythonHandler, payload: Value) -> String {
+    let out = h
+        .invoke(Invocation::new(
+            "e-lane",
+            Json::from(payload),
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("runs");
+    let json = match &out.body {
+        Body::Stream(chunks) => {
+            let mut stream = chunks.take().expect("a stream");
+            let first = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await;
+            first.expect("a value").expect("not an error")
+        }
+        _ => out.to_json().json,
+    };
+    json.to_value().as_str().expect("a thread name").to_owned()
+}
+
+/// One test, the parts in turn: a call's path depends on the time of the calls before
+/// it, and a part running meanwhile (holding the GIL) would lengthen them.
+#[test]
+fn the_lane_takes_quick_plain_calls_when_a_worker_is_spare() {
+    let two_workers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    two_workers.block_on(quick_calls_run_on_the_callers_worker_and_slow_ones_on_the_threads());
+    let one_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    one_thread.block_on(a_runtime_without_a_spare_worker_uses_the_threads());
+}
+
+async fn quick_calls_run_on_the_callers_worker_and_slow_ones_on_the_threads() {
+    let h = started("t_lane", "where").await;
+    for _ in 0..3 {
+        assert_eq!(ran_on(&h, json!({})).await, "tokio-rt-worker");
+    }
+    // Calls of 5 ms raise the average past the lane's bound within a few calls.
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        names.push(ran_on(&h, json!({"sleep": 0.005})).await);
+    }
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("ember-py-0"),
+        "{names:?}"
+    );
+    // Quick again: the average comes down and the lane is taken again.
+    let mut names = Vec::new();
+    for _ in 0..40 {
+        names.push(ran_on(&h, json!({})).await);
+    }
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("tokio-rt-worker"),
+        "{names:?}"
+    );
+    h.shutdown().await;
+    // Generators and coroutines wait on readers and I/O: always on the threads.
+    for function in ["streams", "coroutine"] {
+        let h = started("t_lane", function).await;
+        assert_eq!(ran_on(&h, json!({})).await, "ember-py-0", "{function}");
+        h.shutdown().await;
+    }
+}
+
+async fn a_runtime_without_a_spare_worker_uses_the_threads() {
+    let h = started("t_lane", "where").await;
+    assert_eq!(ran_on(&h, json!({})).await, "ember-py-0");
+    h.shutdown().await;
+}
