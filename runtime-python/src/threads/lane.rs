@@ -15,6 +15,13 @@
 //!   wait on I/O or a reader by design);
 //! - its recent calls were quick ([`QUICK`], a moving average over both paths).
 //!
+//! A worker woken by I/O releases tokio's driver (I/O and timers) and wakes no other
+//! worker when it has a single task to run (tokio's eager driver hand-off is unstable).
+//! If that task blocks in the lane, the driver could go unpolled: no deadline would fire
+//! and no request would be read. So while calls use the lane, a watch thread looks every
+//! [`RESCUE`]; once a lane call has run that long, it spawns an empty task from outside
+//! the runtime, which wakes a parked worker, and that worker then parks on the driver.
+//!
 //! A call that turns out slow is still served: the deadline, `TimeoutError` and
 //! abandonment past the grace act on the lane's slot as on a thread's. An abandoned
 //! lane call keeps the lane closed until it returns; no thread replaces it, since the
@@ -22,8 +29,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -35,6 +43,13 @@ use super::{lock, Call, Held, Pool, Slot};
 /// hand-off is then a small part of the call, and a tokio worker is not held for long.
 const QUICK: Duration = Duration::from_micros(250);
 
+/// How long a lane call runs before the watch makes sure another worker polls the
+/// driver; also how often the watch looks while the lane is in use.
+const RESCUE: Duration = Duration::from_millis(1);
+
+/// The watch sleeps until the next lane call after this long without one.
+const WATCH_IDLE: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 pub(super) struct Lane {
     /// Someone is in the lane.
@@ -43,6 +58,15 @@ pub(super) struct Lane {
     on_threads: AtomicUsize,
     /// Moving average of recent calls' time (ns), weight 1/8 for each new call.
     recent_ns: AtomicU64,
+    /// When the call in the lane entered it (ns since `epoch`), 0 when none is.
+    entered: AtomicU64,
+    /// When a call last entered (ns since `epoch`), for the watch's idle rule.
+    last_entered: AtomicU64,
+    epoch: OnceLock<Instant>,
+    /// The watch thread, started on the first lane call.
+    watch: OnceLock<Thread>,
+    /// The watch sleeps until unparked (no lane call for `WATCH_IDLE`).
+    watch_idle: AtomicBool,
 }
 
 thread_local! {
@@ -64,11 +88,13 @@ impl Lane {
         if !open || self.busy.swap(true, Ordering::AcqRel) {
             return Some(call);
         }
+        self.start_watch(pool);
         let pool = Arc::clone(pool);
         tokio::spawn(async move {
             let leave = Leave(&pool.lane.busy);
-            let started = std::time::Instant::now();
+            let started = pool.lane.enter();
             let answer = pool.run_here(call);
+            pool.lane.entered.store(0, Ordering::Release);
             pool.lane.took(started.elapsed());
             // Out of the lane before answering: the caller's next call may come at once.
             drop(leave);
@@ -77,6 +103,42 @@ impl Lane {
             }
         });
         None
+    }
+
+    /// Marks a call in the lane (for the watch); returns when.
+    fn enter(&self) -> Instant {
+        let now = Instant::now();
+        let ns = self.since_epoch(now).max(1);
+        self.entered.store(ns, Ordering::SeqCst);
+        self.last_entered.store(ns, Ordering::Relaxed);
+        if self.watch_idle.load(Ordering::SeqCst) {
+            if let Some(watch) = self.watch.get() {
+                watch.unpark();
+            }
+        }
+        now
+    }
+
+    fn since_epoch(&self, t: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        nanos(t.saturating_duration_since(epoch))
+    }
+
+    /// Starts the watch thread once (see the module's doc); it ends with the pool.
+    fn start_watch(&self, pool: &Arc<Pool>) {
+        if self.watch.get().is_some() {
+            return;
+        }
+        let (pool, handle) = (Arc::downgrade(pool), Handle::current());
+        match thread::Builder::new()
+            .name("ember-lane-watch".into())
+            .spawn(move || watch(&pool, &handle))
+        {
+            Ok(t) => {
+                let _ = self.watch.set(t.thread().clone());
+            }
+            Err(e) => tracing::error!("could not start the lane's watch thread: {e}"),
+        }
     }
 
     pub(super) fn queued(&self) {
@@ -89,12 +151,44 @@ impl Lane {
 
     /// Adds a call's time to the average.
     pub(super) fn took(&self, elapsed: Duration) {
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let ns = nanos(elapsed);
         let old = self.recent_ns.load(Ordering::Relaxed);
         // Racy on purpose: a lost update only delays the average by one call.
         let new = old - old / 8 + ns / 8;
         self.recent_ns.store(new, Ordering::Relaxed);
     }
+}
+
+/// The watch thread's loop (see the module's doc).
+fn watch(pool: &Weak<Pool>, handle: &Handle) {
+    let mut rescued = 0;
+    loop {
+        let Some(pool) = pool.upgrade() else { return };
+        let lane = &pool.lane;
+        lane.watch_idle.store(false, Ordering::SeqCst);
+        let now = lane.since_epoch(Instant::now());
+        let entered = lane.entered.load(Ordering::SeqCst);
+        if entered != 0 && entered != rescued && now.saturating_sub(entered) >= nanos(RESCUE) {
+            rescued = entered;
+            // From outside the runtime: queued for all, and a parked worker is woken.
+            drop(handle.spawn(async {}));
+        }
+        let mut sleep = RESCUE;
+        if now.saturating_sub(lane.last_entered.load(Ordering::Relaxed)) >= nanos(WATCH_IDLE) {
+            lane.watch_idle.store(true, Ordering::SeqCst);
+            // Looked at again after saying so: a call entering from now on unparks us.
+            if lane.entered.load(Ordering::SeqCst) == 0 {
+                sleep = WATCH_IDLE;
+            }
+        }
+        // Not kept while asleep: the pool may end meanwhile, and the watch with it.
+        drop(pool);
+        thread::park_timeout(sleep);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Whether the current runtime has a worker besides this one.
