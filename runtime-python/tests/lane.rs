@@ -62,23 +62,24 @@ fn the_lane_takes_quick_plain_calls_when_a_worker_is_spare() {
 }
 
 async fn quick_calls_run_on_the_callers_worker_and_slow_ones_on_the_threads() {
+    // Only what does not hang on this machine's speed is asserted exactly (a debug build
+    // on a busy CI machine takes a good part of the 250 µs bound per quick call).
     let h = started("t_lane", "where").await;
-    for _ in 0..3 {
-        assert_eq!(ran_on(&h, json!({})).await, "tokio-rt-worker");
-    }
-    // Calls of 5 ms raise the average past the lane's bound within a few calls.
+    assert_eq!(
+        ran_on(&h, json!({})).await,
+        "tokio-rt-worker",
+        "a fresh handler's first call"
+    );
+    // A call of 5 ms alone puts the average past the bound: the next ones go to the
+    // threads.
     let mut names = Vec::new();
     for _ in 0..6 {
         names.push(ran_on(&h, json!({"sleep": 0.005})).await);
     }
-    assert_eq!(
-        names.last().map(String::as_str),
-        Some("ember-py-0"),
-        "{names:?}"
-    );
+    assert_eq!(names[1..], ["ember-py-0"; 5], "{names:?}");
     // Quick again: the average comes down and the lane is taken again.
     let mut names = Vec::new();
-    for _ in 0..40 {
+    while names.len() < 400 && names.last().is_none_or(|n| n != "tokio-rt-worker") {
         names.push(ran_on(&h, json!({})).await);
     }
     assert_eq!(
