@@ -3,8 +3,9 @@
 //! Its Python sources live in `python/ember/` (where editors and `pip install` find them
 //! too) and are built into the binary, as bytecode (build.rs) and as source, so an image
 //! needs nothing but the watchdog. The bytecode saves compiling them at every start
-//! (about 6 ms); the source serves an interpreter whose magic number differs. They are registered in `sys.modules` before the handler's module is
-//! imported, which is what makes `import ember` work in handlers.
+//! (about 6 ms); the source serves an interpreter whose magic number differs. They are
+//! registered in `sys.modules` before the handler's module is imported, which is what
+//! makes `import ember` work in handlers.
 
 use std::ffi::CString;
 

@@ -235,8 +235,7 @@ impl Pool {
                 .is_some_and(|(_, slot, _)| slot.abandoned.load(Ordering::Acquire));
             if let Some((_, slot, _)) = here.take_if(|_| abandoned) {
                 // Back at last from a call given up on: a fresh slot next time.
-                self.stuck_threads.fetch_sub(1, Ordering::AcqRel);
-                lock(&self.slots).retain(|s| !Arc::ptr_eq(s, &slot));
+                self.unlist_abandoned(&slot);
                 tracing::warn!("a stuck handler call on a server thread returned at last");
             }
             answer

@@ -507,8 +507,7 @@ impl Pool {
                     if let Some((reply, result)) = answer.take() {
                         let _ = reply.send(result);
                     }
-                    self.stuck_threads.fetch_sub(1, Ordering::AcqRel);
-                    lock(&self.slots).retain(|s| !std::ptr::eq(&**s, slot));
+                    self.unlist_abandoned(slot);
                     tracing::warn!(thread = %slot.name, "a stuck Python thread returned at last and exits");
                     break;
                 }
@@ -869,6 +868,13 @@ impl Pool {
         if let Err(e) = self.spawn_worker() {
             tracing::error!("could not start a Python thread to replace a stuck one: {e}");
         }
+    }
+
+    /// A slot given up on ([`Pool::abandon`]) whose call returned at last: no longer
+    /// stuck, and no longer listed.
+    fn unlist_abandoned(&self, slot: &Slot) {
+        self.stuck_threads.fetch_sub(1, Ordering::AcqRel);
+        lock(&self.slots).retain(|s| !std::ptr::eq(&**s, slot));
     }
 
     fn slot_running(&self, seq: u64) -> Option<Arc<Slot>> {
