@@ -1,13 +1,15 @@
-//! Runs an accepted invocation detached from its connection (section 10):
-//! the watchdog owns it from here, not the request future. The response
-//! waits for its result; a client that disconnects is logged and counted,
+//! Runs an accepted invocation, owned by the watchdog from here, not by the
+//! request future (section 10): it is polled on its connection's task until
+//! its answer is in, and goes on as a task of its own if the response is
+//! dropped first or has more to do (see `Owned`). The response waits for
+//! its result; a client that disconnects is logged and counted,
 //! and then the invocation runs on when its result has a callback target,
 //! or is stopped (`CANCELLED`) when nobody would ever see it. Past
 //! `DRAIN_TIMEOUT_MS` it is stopped and answered with `CANCELLED`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -45,9 +47,11 @@ impl Service<Accepted> for Dispatch {
     fn call(&mut self, accepted: Accepted) -> Self::Future {
         let (reply, answer) = oneshot::channel();
         let cold_start = accepted.inv.cold_start;
-        tokio::spawn(execute(self.state.clone(), accepted, reply).in_current_span());
+        let run = Owned(Some(Box::pin(
+            execute(self.state.clone(), accepted, reply).in_current_span(),
+        )));
         Box::pin(async move {
-            let result = answer.await.unwrap_or_else(|_| {
+            let result = run.answer(answer).await.unwrap_or_else(|_| {
                 Err(InvokeError::new(
                     ErrorCode::FunctionError,
                     "the invocation ended without a result (the watchdog is shutting down)",
@@ -55,6 +59,43 @@ impl Service<Accepted> for Dispatch {
             });
             Ok(Outcome::Completed { result, cold_start })
         })
+    }
+}
+
+/// An accepted invocation, polled on its connection's task until its answer
+/// is in: a quick call then costs no task of its own and no second wake-up.
+/// What is left of it after the answer (a stream's values, the callback), or
+/// all of it when the response is dropped first (the client went away), runs
+/// on as a task of its own: the watchdog owns it, not the connection.
+struct Owned(Option<BoxFuture<'static, ()>>);
+
+impl Owned {
+    async fn answer(
+        mut self,
+        mut answer: oneshot::Receiver<InvokeResult>,
+    ) -> Result<InvokeResult, oneshot::error::RecvError> {
+        std::future::poll_fn(|cx| {
+            if let Some(run) = self.0.as_mut() {
+                if run.as_mut().poll(cx).is_ready() {
+                    self.0 = None;
+                }
+            }
+            // Once `execute` has ended, its sender has answered or is gone.
+            std::pin::Pin::new(&mut answer).poll(cx)
+        })
+        .await
+        // Dropping `self` here hands what is left to a task.
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let Some(run) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(run)),
+            // Only when the runtime itself is going away, and its invocations with it.
+            Err(_) => tracing::error!("an invocation was dropped with its runtime"),
+        }
     }
 }
 
@@ -130,6 +171,11 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
                 "the stream was already read",
             )),
         },
+        other if target.is_none() && recording.is_none() => {
+            // Nothing else reads it: no copy.
+            let _ = reply.send(other);
+            return;
+        }
         other => {
             let _ = reply.send(other.clone());
             other
