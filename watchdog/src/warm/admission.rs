@@ -6,7 +6,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
+use futures_util::future::{ready, Either, Ready};
+use runtime_sdk::{ErrorCode, InvokeError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -119,7 +120,8 @@ where
 {
     type Response = Outcome;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
+    // The inner future as it is: no box of our own on the way in.
+    type Future = Either<Ready<Result<Outcome, Infallible>>, S::Future>;
 
     crate::pipeline::always_ready!();
 
@@ -133,12 +135,12 @@ where
                     shared.max, shared.max, shared.queue_depth
                 ),
             );
-            return Box::pin(async move { Ok(Outcome::Refused(e)) });
+            return Either::Left(ready(Ok(Outcome::Refused(e))));
         };
         let ticket = Ticket {
             place,
             shared: shared.clone(),
         };
-        Box::pin(self.inner.call(Admitted { req, ticket }))
+        Either::Right(self.inner.call(Admitted { req, ticket }))
     }
 }

@@ -4,8 +4,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::{ready, Either, Ready};
 use hyper::header::AUTHORIZATION;
-use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
+use runtime_sdk::{ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
 use super::{HttpRequest, Outcome};
@@ -80,7 +81,8 @@ where
 {
     type Response = Outcome;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
+    // The inner future as it is: no box of our own on the way in.
+    type Future = Either<Ready<Result<Outcome, Infallible>>, S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -98,10 +100,10 @@ where
                     ErrorCode::Unauthorized,
                     "missing or wrong bearer token: send Authorization: Bearer <INVOKE_TOKEN>",
                 );
-                return Box::pin(async move { Ok(Outcome::Refused(e)) });
+                return Either::Left(ready(Ok(Outcome::Refused(e))));
             }
         }
-        Box::pin(self.inner.call(req))
+        Either::Right(self.inner.call(req))
     }
 }
 

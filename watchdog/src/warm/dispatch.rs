@@ -104,9 +104,9 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
     let _accepted = state.accept();
     let Accepted { inv, ticket, meta } = accepted;
     let target = callback_target(&state, &meta, &inv.execution_id);
-    let ids = callback::Ids::of(&inv);
+    // Copied only for a callback to send.
+    let ids = target.as_ref().map(|_| callback::Ids::of(&inv));
     let (deadline, budget) = (inv.deadline, inv.budget());
-    let execution_id = inv.execution_id.clone();
     let pipeline = state.pipeline.clone();
     let arrived = meta.arrived.unwrap_or_else(std::time::Instant::now);
     let recording =
@@ -115,7 +115,7 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         // Queued time counts against the deadline (section 4).
         let Ok(slot) = tokio::time::timeout_at(deadline.into(), ticket.slot()).await else {
             state.metrics.timeout();
-            return (Err(InvokeError::timeout(&execution_id, budget)), None);
+            return (Err(InvokeError::timeout(&inv.execution_id, budget)), None);
         };
         if let Some(r) = &recording {
             r.running();
@@ -186,7 +186,7 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
     if let Some(r) = &recording {
         r.end(&result);
     }
-    if let Some(url) = target {
+    if let (Some(url), Some(ids)) = (target, ids) {
         state.callbacks.spawn(Delivery::new(url, &ids, &result));
     }
 }
