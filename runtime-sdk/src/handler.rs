@@ -45,6 +45,15 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// Whether warm mode should run each invocation as a task of its own
+    /// instead of on its connection's task. Only a runner whose calls queue
+    /// for a few workers that are themselves tasks asks: as a task, a call
+    /// that ends hands its slot to the next queued call before its response
+    /// is written, which keeps those workers busy.
+    fn runs_detached(&self) -> bool {
+        false
+    }
+
     fn health(&self) -> Health {
         Health::Ready
     }

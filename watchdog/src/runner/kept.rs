@@ -363,6 +363,13 @@ impl Handler for LoopRunner {
         Box::pin(self.call(inv))
     }
 
+    /// The children's supervisors are tasks: on the connection's task, a
+    /// freed slot reached the next call only after the response was
+    /// written, and the LOOP echo lost 12% of its req/s.
+    fn runs_detached(&self) -> bool {
+        true
+    }
+
     fn reload(&self) -> BoxFuture<'_, Result<(), InvokeError>> {
         Box::pin(self.replace_children())
     }

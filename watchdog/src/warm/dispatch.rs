@@ -47,9 +47,12 @@ impl Service<Accepted> for Dispatch {
     fn call(&mut self, accepted: Accepted) -> Self::Future {
         let (reply, answer) = oneshot::channel();
         let cold_start = accepted.inv.cold_start;
-        let run = Owned(Some(Box::pin(
-            execute(self.state.clone(), accepted, reply).in_current_span(),
-        )));
+        let run: BoxFuture<'static, ()> =
+            Box::pin(execute(self.state.clone(), accepted, reply).in_current_span());
+        let run = match self.state.handler.runs_detached() {
+            true => Owned(None).detach(run),
+            false => Owned(Some(run)),
+        };
         Box::pin(async move {
             let result = run.answer(answer).await.unwrap_or_else(|_| {
                 Err(InvokeError::new(
@@ -88,14 +91,27 @@ impl Owned {
     }
 }
 
+impl Owned {
+    /// Runs `run` as a task of its own from the start (`Handler::runs_detached`).
+    fn detach(self, run: BoxFuture<'static, ()>) -> Self {
+        spawn(run);
+        self
+    }
+}
+
 impl Drop for Owned {
     fn drop(&mut self) {
-        let Some(run) = self.0.take() else { return };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(run)),
-            // Only when the runtime itself is going away, and its invocations with it.
-            Err(_) => tracing::error!("an invocation was dropped with its runtime"),
+        if let Some(run) = self.0.take() {
+            spawn(run);
         }
+    }
+}
+
+fn spawn(run: BoxFuture<'static, ()>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(run)),
+        // Only when the runtime itself is going away, and its invocations with it.
+        Err(_) => tracing::error!("an invocation was dropped with its runtime"),
     }
 }
 
