@@ -49,9 +49,11 @@ impl Service<Accepted> for Dispatch {
         let cold_start = accepted.inv.cold_start;
         let run: BoxFuture<'static, ()> =
             Box::pin(execute(self.state.clone(), accepted, reply).in_current_span());
-        let run = match self.state.handler.runs_detached() {
-            true => Owned(None).detach(run),
-            false => Owned(Some(run)),
+        let run = if self.state.handler.runs_detached() {
+            spawn(run);
+            Owned(None)
+        } else {
+            Owned(Some(run))
         };
         Box::pin(async move {
             let result = run.answer(answer).await.unwrap_or_else(|_| {
@@ -69,7 +71,8 @@ impl Service<Accepted> for Dispatch {
 /// is in: a quick call then costs no task of its own and no second wake-up.
 /// What is left of it after the answer (a stream's values, the callback), or
 /// all of it when the response is dropped first (the client went away), runs
-/// on as a task of its own: the watchdog owns it, not the connection.
+/// on as a task of its own: the watchdog owns it, not the connection. Empty
+/// when the runner asked for a task from the start (`Handler::runs_detached`).
 struct Owned(Option<BoxFuture<'static, ()>>);
 
 impl Owned {
@@ -91,14 +94,6 @@ impl Owned {
     }
 }
 
-impl Owned {
-    /// Runs `run` as a task of its own from the start (`Handler::runs_detached`).
-    fn detach(self, run: BoxFuture<'static, ()>) -> Self {
-        spawn(run);
-        self
-    }
-}
-
 impl Drop for Owned {
     fn drop(&mut self) {
         if let Some(run) = self.0.take() {
@@ -116,7 +111,7 @@ fn spawn(run: BoxFuture<'static, ()>) {
 }
 
 async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Sender<InvokeResult>) {
-    // Draining waits for this task, not for the connection.
+    // Draining waits for this invocation, not for its connection.
     let _accepted = state.accept();
     let Accepted { inv, ticket, meta } = accepted;
     let target = callback_target(&state, &meta, &inv.execution_id);
@@ -301,5 +296,82 @@ fn callback_target(state: &State, meta: &RequestMeta, execution_id: &str) -> Opt
             tracing::warn!("callback URL cannot take the execution id: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn result() -> InvokeResult {
+        Err(InvokeError::new(ErrorCode::FunctionError, "the answer"))
+    }
+
+    async fn until(flag: &AtomicBool) {
+        for _ in 0..200 {
+            if flag.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the invocation did not run to its end");
+    }
+
+    /// The client went away: the response is dropped, the invocation is not.
+    #[tokio::test]
+    async fn an_invocation_runs_on_after_its_response_is_dropped() {
+        let (reply, answer) = oneshot::channel();
+        let (go, wait) = oneshot::channel::<()>();
+        let (ended, seen) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (e, s) = (ended.clone(), seen.clone());
+        let run = Owned(Some(Box::pin(async move {
+            let _ = wait.await;
+            // As `execute` does, it sees that nobody waits for the answer.
+            s.store(reply.send(result()).is_err(), Ordering::SeqCst);
+            e.store(true, Ordering::SeqCst);
+        })));
+        let response = tokio::time::timeout(Duration::from_millis(20), run.answer(answer));
+        assert!(response.await.is_err(), "no answer yet");
+        go.send(()).unwrap();
+        until(&ended).await;
+        assert!(
+            seen.load(Ordering::SeqCst),
+            "the answer had nobody to go to"
+        );
+    }
+
+    /// A stream answers with its head and goes on with its values.
+    #[tokio::test]
+    async fn what_is_left_after_the_answer_runs_on() {
+        let (reply, answer) = oneshot::channel();
+        let (go, wait) = oneshot::channel::<()>();
+        let ended = Arc::new(AtomicBool::new(false));
+        let e = ended.clone();
+        let run = Owned(Some(Box::pin(async move {
+            let _ = reply.send(result());
+            let _ = wait.await;
+            e.store(true, Ordering::SeqCst);
+        })));
+        let got = run.answer(answer).await.expect("answered");
+        assert_eq!(got.unwrap_err().message, "the answer");
+        assert!(!ended.load(Ordering::SeqCst));
+        go.send(()).unwrap();
+        until(&ended).await;
+    }
+
+    /// The answer of an invocation that ends in the first poll, with no task.
+    #[tokio::test]
+    async fn a_quick_invocation_answers_in_one_poll() {
+        let (reply, answer) = oneshot::channel();
+        let run = Owned(Some(Box::pin(async move {
+            let _ = reply.send(result());
+        })));
+        let got = futures_util::FutureExt::now_or_never(run.answer(answer));
+        assert!(matches!(got, Some(Ok(Err(_)))));
     }
 }
