@@ -114,9 +114,9 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
     // Draining waits for this invocation, not for its connection.
     let _accepted = state.accept();
     let Accepted { inv, ticket, meta } = accepted;
-    let target = callback_target(&state, &meta, &inv.execution_id);
-    // Copied only for a callback to send.
-    let ids = target.as_ref().map(|_| callback::Ids::of(&inv));
+    // The ids are copied only for a callback to send.
+    let target =
+        callback_target(&state, &meta, &inv.execution_id).map(|url| (url, callback::Ids::of(&inv)));
     let (deadline, budget) = (inv.deadline, inv.budget());
     let pipeline = state.pipeline.clone();
     let arrived = meta.arrived.unwrap_or_else(std::time::Instant::now);
@@ -197,7 +197,7 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
     if let Some(r) = &recording {
         r.end(&result);
     }
-    if let (Some(url), Some(ids)) = (target, ids) {
+    if let Some((url, ids)) = target {
         state.callbacks.spawn(Delivery::new(url, &ids, &result));
     }
 }
