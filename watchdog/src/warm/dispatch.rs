@@ -9,7 +9,9 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -82,7 +84,10 @@ impl Owned {
     ) -> Result<InvokeResult, oneshot::error::RecvError> {
         std::future::poll_fn(|cx| {
             if let Some(run) = self.0.as_mut() {
-                if run.as_mut().poll(cx).is_ready() {
+                // A panic here is contained as it was in a task of its own: the
+                // invocation is dropped, and its dropped sender tells the caller.
+                let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
+                if !matches!(polled, Ok(Poll::Pending)) {
                     self.0 = None;
                 }
             }
@@ -362,6 +367,17 @@ mod tests {
         assert!(!ended.load(Ordering::SeqCst));
         go.send(()).unwrap();
         until(&ended).await;
+    }
+
+    /// A panic outside the pipeline's own guard still ends in an answer.
+    #[tokio::test]
+    async fn a_panic_in_the_invocation_still_answers_its_caller() {
+        let (reply, answer) = oneshot::channel();
+        let run = Owned(Some(Box::pin(async move {
+            let _reply = reply;
+            panic!("a bug outside the pipeline");
+        })));
+        assert!(run.answer(answer).await.is_err(), "the sender was dropped");
     }
 
     /// The answer of an invocation that ends in the first poll, with no task.
