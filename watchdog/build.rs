@@ -41,8 +41,8 @@ fn hot_text() {
     println!("cargo:rerun-if-changed=hot-text.ld");
     println!("cargo:rerun-if-env-changed=EMBER_HOT_TEXT");
     let release = std::env::var("PROFILE").as_deref() == Ok("release");
-    let elf = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
-    if !release || !elf || std::env::var("EMBER_HOT_TEXT").as_deref() == Ok("0") {
+    let linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
+    if !release || !linux || std::env::var("EMBER_HOT_TEXT").as_deref() == Ok("0") {
         return;
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hot-text.ld");
