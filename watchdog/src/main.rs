@@ -8,8 +8,12 @@ use watchdog::validate::Validator;
 use watchdog::{init, logging, memory, metrics::Metrics, oneshot, runner, secrets, warm};
 
 /// The static build links musl, whose malloc is slow under the warm server's
-/// many small allocations from several threads; glibc builds keep glibc's.
-#[cfg(target_env = "musl")]
+/// many small allocations from several threads. The Python build takes mimalloc
+/// too: glibc's malloc and free were a fifth of its instructions per warm request,
+/// and it already pays for an interpreter (+0.75 MB, bench/PROFILING.md). The
+/// plain glibc build keeps glibc's, for its smaller memory. Only Rust's allocations
+/// move: libpython keeps glibc's malloc (overriding it cost more memory).
+#[cfg(any(target_env = "musl", feature = "python"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

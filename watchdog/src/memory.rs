@@ -19,7 +19,9 @@
 //!   back about a second after it ends.
 //!
 //! Both are for glibc. The static musl build allocates with mimalloc (`main.rs`),
-//! which returns freed memory by itself: there they do nothing.
+//! which returns freed memory by itself: there they do nothing. The Python build
+//! gives Rust's allocations to mimalloc too, and these then act on what libpython
+//! allocates with glibc's malloc.
 
 use std::sync::Arc;
 use std::time::Duration;
