@@ -1,9 +1,12 @@
 //! Ember's watchdog: configuration, the two modes, the runners, callbacks,
 //! metrics, logging and shutdown. `main.rs` only wires them.
 
+#[cfg(any(target_env = "musl", feature = "python"))]
+pub mod alloc;
 pub mod alyx;
 pub mod callback;
 pub mod config;
+pub mod header_names;
 pub mod init;
 pub mod logging;
 pub mod memory;

@@ -12,10 +12,11 @@ use watchdog::{init, logging, memory, metrics::Metrics, oneshot, runner, secrets
 /// too: glibc's malloc and free were a fifth of its instructions per warm request,
 /// and it already pays for an interpreter (+0.75 MB, bench/PROFILING.md). The
 /// plain glibc build keeps glibc's, for its smaller memory. Only Rust's allocations
-/// move: libpython keeps glibc's malloc (overriding it cost more memory).
+/// move: libpython keeps glibc's malloc (overriding it cost more memory). How it
+/// is called: `alloc.rs`.
 #[cfg(any(target_env = "musl", feature = "python"))]
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: watchdog::alloc::Mimalloc = watchdog::alloc::Mimalloc;
 
 /// Exit code for a configuration error (contract section 1).
 const EXIT_CONFIG: i32 = 2;

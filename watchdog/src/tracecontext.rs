@@ -17,8 +17,8 @@
 
 use std::fmt;
 
+use crate::header_names as names;
 use hyper::HeaderMap;
-use runtime_sdk::names::header;
 use runtime_sdk::Invocation;
 
 /// `tracestate` longer than this is dropped rather than passed on (the
@@ -184,7 +184,7 @@ impl TraceContext {
     /// From request headers (section 4). Repeated `tracestate` headers are
     /// one list; a repeated `traceparent` is invalid.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        let mut parents = headers.get_all(header::TRACEPARENT).iter();
+        let mut parents = headers.get_all(&names::TRACEPARENT).iter();
         let Some(first) = parents.next() else {
             return TraceContext::default();
         };
@@ -200,7 +200,7 @@ impl TraceContext {
             );
             return TraceContext::default();
         }
-        let mut states = headers.get_all(header::TRACESTATE).iter();
+        let mut states = headers.get_all(&names::TRACESTATE).iter();
         let state = match (states.next(), states.next()) {
             (None, _) => None,
             (Some(one), None) => one.to_str().ok().map(str::to_owned),

@@ -4,10 +4,11 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use hyper::header::HeaderName;
 use hyper::HeaderMap;
-use runtime_sdk::names::header;
 use runtime_sdk::{ErrorCode, InvokeError};
 
+use crate::header_names as names;
 use crate::otel::Spans;
 use crate::tracecontext::TraceContext;
 
@@ -38,7 +39,7 @@ pub struct RequestMeta {
     pub alyx: OnceLock<String>,
 }
 
-fn text(headers: &HeaderMap, name: &str) -> Option<String> {
+fn text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -72,7 +73,7 @@ impl RequestMeta {
 
     pub fn read(headers: &HeaderMap, fallback_id: Option<&str>, spans: Option<&Spans>) -> Self {
         let mut problem = None;
-        let mut positive = |name: &str| -> Option<u64> {
+        let mut positive = |name: &HeaderName| -> Option<u64> {
             let value = headers.get(name)?;
             // Bytes outside visible ASCII cannot spell a number: malformed, not absent.
             let raw = value.to_str().unwrap_or("\u{fffd}").trim();
@@ -92,9 +93,9 @@ impl RequestMeta {
                 }
             }
         };
-        let attempt = positive(header::DISPATCH_ATTEMPT).map(|n| n.min(u32::MAX as u64) as u32);
-        let timeout_ms = positive(header::TIMEOUT_MS);
-        let from_header = text(headers, header::EXECUTION_ID);
+        let attempt = positive(&names::DISPATCH_ATTEMPT).map(|n| n.min(u32::MAX as u64) as u32);
+        let timeout_ms = positive(&names::TIMEOUT_MS);
+        let from_header = text(headers, &names::EXECUTION_ID);
         let mut trace = TraceContext::from_headers(headers);
         if let Some(spans) = spans {
             spans.open(&mut trace);
@@ -108,11 +109,11 @@ impl RequestMeta {
             alyx: OnceLock::new(),
             execution_id: from_header.or_else(|| fallback_id.map(str::to_owned)),
             // X-Trace-Id keeps winning for logs and the callback.
-            trace_id: text(headers, header::TRACE_ID).or_else(|| trace.trace_id()),
+            trace_id: text(headers, &names::TRACE_ID).or_else(|| trace.trace_id()),
             trace,
             attempt,
-            idempotency_key: text(headers, header::IDEMPOTENCY_KEY),
-            callback_url: text(headers, header::CALLBACK_URL),
+            idempotency_key: text(headers, &names::IDEMPOTENCY_KEY),
+            callback_url: text(headers, &names::CALLBACK_URL),
             timeout_ms,
             problem,
             arrived: Some(Instant::now()),
@@ -123,6 +124,7 @@ impl RequestMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runtime_sdk::names::header;
 
     #[test]
     fn header_wins_over_the_env_fallback() {

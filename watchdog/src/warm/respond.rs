@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 use super::meta::RequestMeta;
 use super::state::State;
 use super::{HttpRequest, HttpResponse, Outcome};
+use crate::header_names as names;
 use crate::{alyx, stream};
 
 /// Status for each code; exhaustive on purpose, so a new code does not
@@ -235,10 +236,10 @@ where
                     };
                     if cold_start {
                         let h = resp.headers_mut();
-                        h.insert(header::COLD_START, HeaderValue::from_static("true"));
+                        h.insert(&names::COLD_START, HeaderValue::from_static("true"));
                         let init = state.init_duration.get().copied().unwrap_or_default();
                         h.insert(
-                            header::INIT_DURATION_MS,
+                            &names::INIT_DURATION_MS,
                             HeaderValue::from(init.as_millis() as u64),
                         );
                     }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::header::HeaderValue;
-use runtime_sdk::names::header;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -18,6 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
 
 use crate::alyx;
+use crate::header_names as names;
 
 #[derive(Clone)]
 pub struct TraceLayer(pub Arc<State>);
@@ -81,7 +81,7 @@ where
             let mut inner = inner;
             let mut resp = inner.call(req).instrument(span).await?;
             if let Some(id) = id {
-                resp.headers_mut().insert(header::EXECUTION_ID, id);
+                resp.headers_mut().insert(&names::EXECUTION_ID, id);
             }
             Ok(resp)
         })

@@ -1,0 +1,17 @@
+//! The section-4 header names, parsed once. A look-up by `&str` parses and
+//! checks the name on every call: about 3% of a warm request's instructions
+//! (bench/PROFILING.md).
+
+use hyper::header::HeaderName;
+use runtime_sdk::names::header;
+
+pub static EXECUTION_ID: HeaderName = HeaderName::from_static(header::EXECUTION_ID);
+pub static TRACE_ID: HeaderName = HeaderName::from_static(header::TRACE_ID);
+pub static TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
+pub static TRACESTATE: HeaderName = HeaderName::from_static(header::TRACESTATE);
+pub static DISPATCH_ATTEMPT: HeaderName = HeaderName::from_static(header::DISPATCH_ATTEMPT);
+pub static CALLBACK_URL: HeaderName = HeaderName::from_static(header::CALLBACK_URL);
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static(header::IDEMPOTENCY_KEY);
+pub static TIMEOUT_MS: HeaderName = HeaderName::from_static(header::TIMEOUT_MS);
+pub static COLD_START: HeaderName = HeaderName::from_static(header::COLD_START);
+pub static INIT_DURATION_MS: HeaderName = HeaderName::from_static(header::INIT_DURATION_MS);
