@@ -221,6 +221,27 @@ fn objects_equal_what_json_loads_makes() {
 }
 
 #[test]
+fn keys_are_kept_from_one_document_to_the_next() {
+    // The same key in the next request is the same str; keys that share a prefix, or
+    // the slot of a key seen before, are still their own.
+    Python::attach(|py| {
+        let first = json_to_py(py, br#"{"message": 1, "k": 0}"#).unwrap();
+        let doc = br#"{"messag": 2, "message": 3, "messages": 4, "k": 5, "K": 6}"#;
+        let next = json_to_py(py, doc).unwrap();
+        fn keys<'py>(obj: &Bound<'py, PyAny>) -> Vec<Bound<'py, PyAny>> {
+            obj.try_iter().unwrap().map(Result::unwrap).collect()
+        }
+        let (a, b) = (keys(&first), keys(&next));
+        assert!(a[0].is(&b[1]), "\"message\" was made again");
+        assert!(a[1].is(&b[3]), "\"k\" was made again");
+        let theirs = py_eval(py, "json.loads")
+            .call1((std::str::from_utf8(doc).unwrap(),))
+            .unwrap();
+        assert_eq!(repr(&next), repr(&theirs));
+    });
+}
+
+#[test]
 fn repeated_and_colliding_keys_stay_right() {
     // Keys are made once per spelling: many keys (more than any small memo holds), in
     // shifting order, long ones, non-ASCII ones and escaped spellings of the same key.

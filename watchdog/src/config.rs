@@ -390,6 +390,18 @@ pub enum InvokeMethod {
     Delete,
 }
 
+impl InvokeMethod {
+    pub fn method(self) -> hyper::Method {
+        match self {
+            InvokeMethod::Get => hyper::Method::GET,
+            InvokeMethod::Post => hyper::Method::POST,
+            InvokeMethod::Put => hyper::Method::PUT,
+            InvokeMethod::Patch => hyper::Method::PATCH,
+            InvokeMethod::Delete => hyper::Method::DELETE,
+        }
+    }
+}
+
 fn parse_methods(text: &str) -> Result<Vec<InvokeMethod>, ConfigError> {
     let mut methods = Vec::new();
     for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {

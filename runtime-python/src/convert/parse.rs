@@ -1,7 +1,9 @@
 //! JSON bytes to Python objects in one pass: a strict RFC 8259 parser whose only output
 //! is the objects themselves.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::ops::Range;
 
 use pyo3::exceptions::PyValueError;
@@ -24,13 +26,22 @@ const MAX_DEPTH: usize = 128;
 /// levels and bytes that are not UTF-8. A `\uXXXX` escape of a lone surrogate gives a
 /// `str` holding it, as `json.loads` does.
 pub fn json_to_py<'py>(py: Python<'py>, json: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    KEYS.with(|keys| match keys.try_borrow_mut() {
+        Ok(mut keys) => parse(py, json, &mut keys),
+        // Only if building a dict ran Python code (a collection, a finalizer) that
+        // parses in turn: that document gets a memo of its own.
+        Err(_) => parse(py, json, &mut KeyCache::default()),
+    })
+}
+
+fn parse<'py>(py: Python<'py>, json: &[u8], keys: &mut KeyCache) -> PyResult<Bound<'py, PyAny>> {
     let mut parser = Parser {
         py,
         json,
         pos: 0,
         scratch: Vec::new(),
         items: Vec::new(),
-        keys: KeyCache::default(),
+        keys,
     };
     parser.skip_ws();
     let value = parser.value(0)?;
@@ -41,7 +52,7 @@ pub fn json_to_py<'py>(py: Python<'py>, json: &[u8]) -> PyResult<Bound<'py, PyAn
     Ok(value)
 }
 
-struct Parser<'py, 'a> {
+struct Parser<'py, 'a, 'k> {
     py: Python<'py>,
     json: &'a [u8],
     pos: usize,
@@ -51,10 +62,10 @@ struct Parser<'py, 'a> {
     /// Items of the arrays being parsed, innermost last: a list is made once its length
     /// is known, and filled without resizing. Shared, so nesting allocates nothing.
     items: Vec<Bound<'py, PyAny>>,
-    keys: KeyCache<'py, 'a>,
+    keys: &'k mut KeyCache,
 }
 
-impl<'py, 'a> Parser<'py, 'a> {
+impl<'py, 'a> Parser<'py, 'a, '_> {
     fn value(&mut self, depth: usize) -> PyResult<Bound<'py, PyAny>> {
         let py = self.py;
         match self.peek() {
@@ -179,7 +190,7 @@ impl<'py, 'a> Parser<'py, 'a> {
         }
         self.pos += 1;
         let raw = &self.json[run.clone()];
-        if let Some(key) = self.keys.get(raw) {
+        if let Some(key) = self.keys.get(self.py, raw) {
             // The same bytes as a key already checked: no UTF-8 check needed.
             return Ok(key);
         }
@@ -516,14 +527,28 @@ const STOPS: [bool; 256] = {
     table
 };
 
-/// Recent dict keys by their bytes, direct-mapped: a key evicts the one in its slot.
-/// Only short keys without escapes, the ones records repeat.
-#[derive(Default)]
-struct KeyCache<'py, 'a> {
-    slots: Vec<Option<(&'a [u8], Bound<'py, PyString>)>>,
+thread_local! {
+    /// This thread's dict keys. Never dropped: a thread that ends may not hold the GIL,
+    /// and its few keys are not worth taking it.
+    static KEYS: RefCell<ManuallyDrop<KeyCache>> = RefCell::default();
 }
 
-impl<'py, 'a> KeyCache<'py, 'a> {
+/// Dict keys made on this thread, by their bytes, direct-mapped: a key evicts the one in
+/// its slot. Kept from one document to the next, as requests to one function repeat
+/// their keys: a key seen before is neither made nor hashed again (a str keeps its
+/// hash). Only short keys without escapes; at most 64 of them, about 3 KB a thread.
+#[derive(Default)]
+struct KeyCache {
+    slots: Vec<Option<Key>>,
+}
+
+struct Key {
+    len: u8,
+    bytes: [u8; KeyCache::MAX_LEN],
+    str: Py<PyString>,
+}
+
+impl KeyCache {
     const SLOTS: usize = 64;
     const MAX_LEN: usize = 32;
 
@@ -535,23 +560,31 @@ impl<'py, 'a> KeyCache<'py, 'a> {
         (hash ^ (hash >> 32)) as usize % Self::SLOTS
     }
 
-    fn get(&self, raw: &[u8]) -> Option<Bound<'py, PyString>> {
+    fn get<'py>(&self, py: Python<'py>, raw: &[u8]) -> Option<Bound<'py, PyString>> {
         if raw.len() > Self::MAX_LEN || self.slots.is_empty() {
             return None;
         }
         match &self.slots[Self::slot(raw)] {
-            Some((bytes, key)) if *bytes == raw => Some(key.clone()),
+            Some(key) if &key.bytes[..usize::from(key.len)] == raw => {
+                Some(key.str.bind(py).clone())
+            }
             _ => None,
         }
     }
 
-    fn put(&mut self, raw: &'a [u8], key: &Bound<'py, PyString>) {
+    fn put(&mut self, raw: &[u8], str: &Bound<'_, PyString>) {
         if raw.len() > Self::MAX_LEN {
             return;
         }
         if self.slots.is_empty() {
             self.slots.resize_with(Self::SLOTS, || None);
         }
-        self.slots[Self::slot(raw)] = Some((raw, key.clone()));
+        let mut bytes = [0; Self::MAX_LEN];
+        bytes[..raw.len()].copy_from_slice(raw);
+        self.slots[Self::slot(raw)] = Some(Key {
+            len: raw.len() as u8,
+            bytes,
+            str: str.clone().unbind(),
+        });
     }
 }

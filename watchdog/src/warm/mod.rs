@@ -56,16 +56,7 @@ pub enum Outcome {
 /// The `/invoke` stack, outermost first (STYLE.md, "Warm stack"). The
 /// invocation pipeline itself (deadline, measure, runner) is shared with
 /// one-shot mode and runs inside `dispatch`, detached from the connection.
-fn invoke_service(
-    state: &Arc<State>,
-) -> impl tower::Service<
-    HttpRequest,
-    Response = HttpResponse,
-    Error = Infallible,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + 'static {
+fn invoke_service(state: &Arc<State>) -> impl server::App {
     ServiceBuilder::new()
         // Outermost, so even rejections carry the execution id.
         .layer(trace::TraceLayer(state.clone()))
@@ -87,17 +78,63 @@ fn invoke_service(
         .service(dispatch::Dispatch::new(state.clone()))
 }
 
+/// What the server runs. `/invoke` with a method of `INVOKE_METHODS` goes
+/// straight to its stack; everything else (the other endpoints, 405s, `HEAD`)
+/// goes through the router, which routes `/invoke` to the same stack. The
+/// router's look-up, its URL parameters and its boxed copy of the stack cost
+/// about 3% of a warm request's instructions (bench/PROFILING.md).
+#[derive(Clone)]
+pub struct App<I> {
+    router: Router,
+    invoke: I,
+    methods: Arc<[hyper::Method]>,
+}
+
+/// The app the server runs (see [`App`]); tests may drive [`app`] instead.
+pub fn service(state: Arc<State>) -> App<impl server::App> {
+    App {
+        methods: state
+            .config
+            .invoke_methods
+            .iter()
+            .map(|m| m.method())
+            .collect(),
+        invoke: invoke_service(&state),
+        router: app(state),
+    }
+}
+
+impl<I> tower::Service<HttpRequest> for App<I>
+where
+    I: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future =
+        futures_util::future::Either<I::Future, <Router as tower::Service<HttpRequest>>::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        tower::Service::<HttpRequest>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        use futures_util::future::Either;
+        if req.uri().path() == "/invoke" && self.methods.contains(req.method()) {
+            Either::Left(self.invoke.call(req))
+        } else {
+            Either::Right(self.router.call(req))
+        }
+    }
+}
+
 /// `INVOKE_METHODS` as a router filter; other methods get 405 with `Allow`.
 fn invoke_filter(methods: &[InvokeMethod]) -> MethodFilter {
     methods
         .iter()
-        .map(|m| match m {
-            InvokeMethod::Get => MethodFilter::GET,
-            InvokeMethod::Post => MethodFilter::POST,
-            InvokeMethod::Put => MethodFilter::PUT,
-            InvokeMethod::Patch => MethodFilter::PATCH,
-            InvokeMethod::Delete => MethodFilter::DELETE,
-        })
+        .filter_map(|m| MethodFilter::try_from(m.method()).ok())
         .reduce(MethodFilter::or)
         .unwrap_or(MethodFilter::POST)
 }
@@ -186,12 +223,15 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 /// Serves `app` on `listener` until `shutdown` resolves, then lets the open
 /// connections finish. Apart from the lifecycle, so tests can drive the
 /// real server on port 0. The connections and their limits: `server`.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     limits: server::ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: server::App,
+{
     server::serve(listener, app, limits, shutdown).await;
     Ok(())
 }
@@ -269,9 +309,12 @@ pub async fn run(
     let server_stop = tokio_util::sync::CancellationToken::new();
     let server = {
         let stop = server_stop.clone();
-        tokio::spawn(serve(listener, app(state.clone()), warm.conn, async move {
-            stop.cancelled().await
-        }))
+        tokio::spawn(serve(
+            listener,
+            service(state.clone()),
+            warm.conn,
+            async move { stop.cancelled().await },
+        ))
     };
 
     // Load the function while the server already answers /live and /health.

@@ -44,7 +44,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -58,15 +57,40 @@ use tower::Service;
 pub use crate::config::ConnLimits;
 use crate::memory::Trimmer;
 
+/// What a connection serves: the router, or [`super::App`] in front of it.
+pub trait App:
+    Service<
+        hyper::Request<Body>,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: Service<
+            hyper::Request<Body>,
+            Response = axum::response::Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUF: usize = 8192;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting,
 /// lets every connection finish the request it is on, and returns once all
 /// are closed.
-pub async fn serve(
+pub async fn serve<S: App>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -159,15 +183,15 @@ async fn accept_failed(e: io::Error) {
     }
 }
 
-struct Connection {
+struct Connection<S> {
     tcp: TcpStream,
-    app: Router,
+    app: S,
     http: Arc<http1::Builder>,
     limits: ConnLimits,
     stop: watch::Receiver<()>,
 }
 
-impl Connection {
+impl<S: App> Connection<S> {
     async fn run(self) {
         let Connection {
             tcp,
@@ -490,15 +514,15 @@ impl AsyncWrite for Watched {
 /// calls the service) until hyper drops its answer's body, that is once the
 /// last byte is written or the connection is gone.
 #[derive(Clone)]
-struct Tracked {
-    inner: Router,
+struct Tracked<S> {
+    inner: S,
     clock: Arc<Clock>,
 }
 
-impl Service<hyper::Request<Incoming>> for Tracked {
+impl<S: App> Service<hyper::Request<Incoming>> for Tracked<S> {
     type Response = hyper::Response<TrackedBody>;
     type Error = Infallible;
-    type Future = TrackedFuture<<Router as Service<hyper::Request<Body>>>::Future>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Service::<hyper::Request<Body>>::poll_ready(&mut self.inner, cx)
@@ -617,6 +641,7 @@ impl hyper::body::Body for TrackedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
 
     fn limits() -> ConnLimits {
         ConnLimits {
