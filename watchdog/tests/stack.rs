@@ -115,7 +115,8 @@ async fn stack(max_concurrency: usize, timeout: Duration) -> Stack {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let app = warm::app(state.clone());
+    // What the binary serves: `/invoke` straight to its stack, the rest by the router.
+    let app = warm::service(state.clone());
     let until = stop.clone();
     tokio::spawn(warm::serve(listener, app, Default::default(), async move {
         until.cancelled().await
@@ -148,6 +149,22 @@ async fn next_callback(s: &mut Stack) -> (String, Value) {
         .await
         .expect("a callback within 5 s")
         .expect("the receiver is up")
+}
+
+#[tokio::test]
+async fn the_router_still_answers_everything_but_invoke() {
+    let s = stack(2, Duration::from_secs(5)).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", s.addr);
+    let resp = client.get(url("/invoke")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let resp = client.get(url("/health")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = client.post(url("/invoke/")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let (status, body) = invoke(s.addr, "routed", json!({"n": 1})).await;
+    assert_eq!((status, body), (200, json!({"n": 1})));
 }
 
 #[tokio::test]
