@@ -4,12 +4,11 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::HeaderMap;
 use runtime_sdk::names::header;
 use runtime_sdk::{ErrorCode, InvokeError};
 
-use crate::header_names as names;
 use crate::otel::Spans;
 use crate::tracecontext::TraceContext;
 
@@ -114,7 +113,7 @@ impl RequestMeta {
     pub fn read(headers: &HeaderMap, fallback_id: Option<&str>, spans: Option<&Spans>) -> Self {
         let found = Found::of(headers);
         let mut problem = None;
-        let mut positive = |name: &HeaderName, value: Option<&HeaderValue>| -> Option<u64> {
+        let mut positive = |name: &str, value: Option<&HeaderValue>| -> Option<u64> {
             // Bytes outside visible ASCII cannot spell a number: malformed, not absent.
             let raw = value?.to_str().unwrap_or("\u{fffd}").trim();
             if raw.is_empty() {
@@ -133,9 +132,9 @@ impl RequestMeta {
                 }
             }
         };
-        let attempt = positive(&names::DISPATCH_ATTEMPT, found.attempt)
+        let attempt = positive(header::DISPATCH_ATTEMPT, found.attempt)
             .map(|n| n.min(u32::MAX as u64) as u32);
-        let timeout_ms = positive(&names::TIMEOUT_MS, found.timeout_ms);
+        let timeout_ms = positive(header::TIMEOUT_MS, found.timeout_ms);
         let from_header = text(found.execution_id);
         let mut trace = if found.trace_context {
             TraceContext::from_headers(headers)
