@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use runtime_sdk::{BoxFuture, ErrorCode, Handler, Health, Invocation, InvokeError, InvokeResult};
 
+pub use crate::threads::hold_spare_worker;
 use crate::threads::Pool;
 
 /// What the watchdog's configuration decides for the `PYTHON` runner.

@@ -18,6 +18,28 @@ use watchdog::{init, logging, memory, metrics::Metrics, oneshot, runner, secrets
 #[global_allocator]
 static ALLOC: watchdog::alloc::Mimalloc = watchdog::alloc::Mimalloc;
 
+/// One worker per CPU. With one CPU, warm Python gets a second, held worker, so
+/// that quick calls can run on the worker that read them with a worker to fall
+/// back on (`runtime_python::hold_spare_worker`).
+fn runtime(config: &Config) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(feature = "python")]
+    {
+        let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+        let warm_python = matches!(config.mode, Mode::Warm(_))
+            && matches!(config.runner, watchdog::config::RunnerConfig::Python(_));
+        if one_cpu && warm_python {
+            let runtime = builder.worker_threads(2).build().expect("tokio runtime");
+            runtime_python::hold_spare_worker(runtime.handle());
+            return runtime;
+        }
+    }
+    #[cfg(not(feature = "python"))]
+    let _ = config;
+    builder.build().expect("tokio runtime")
+}
+
 /// Exit code for a configuration error (contract section 1).
 const EXIT_CONFIG: i32 = 2;
 
@@ -60,10 +82,7 @@ fn main() {
         tracing::warn!("{e}: other processes of this user may read the watchdog's memory");
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = runtime(&config);
     let code = runtime.block_on(async {
         let shutdown = Shutdown::new();
         watchdog::shutdown::on_signal(&shutdown);

@@ -8,7 +8,8 @@
 //!
 //! A worker in the lane is a worker the runtime cannot use, so the lane is taken only
 //! when all of these hold:
-//! - the runtime has another worker (multi-thread, two or more);
+//! - the runtime has another worker (multi-thread, two or more; on one CPU, a held one:
+//!   [`spare`](super::spare));
 //! - nobody is in it, and no call is queued for or running on the Python threads (the
 //!   GIL is then free: the worker does not wait for it behind a running call);
 //! - the handler is a plain function, not a coroutine or generator function (those
@@ -19,8 +20,9 @@
 //! worker when it has a single task to run (tokio's eager driver hand-off is unstable).
 //! If that task blocks in the lane, the driver could go unpolled: no deadline would fire
 //! and no request would be read. So while calls use the lane, a watch thread looks every
-//! [`RESCUE`]; once a lane call has run that long, it spawns an empty task from outside
-//! the runtime, which wakes a parked worker, and that worker then parks on the driver.
+//! [`RESCUE`]; once a lane call has run that long, it releases a held worker and spawns
+//! an empty task from outside the runtime, which wakes a parked worker; that worker then
+//! parks on the driver.
 //!
 //! A call that turns out slow is still served: the deadline, `TimeoutError` and
 //! abandonment past the grace act on the lane's slot as on a thread's. An abandoned
@@ -170,8 +172,12 @@ fn watch(pool: &Weak<Pool>, handle: &Handle) {
         let entered = lane.entered.load(Ordering::SeqCst);
         if entered != 0 && entered != rescued && now.saturating_sub(entered) >= nanos(RESCUE) {
             rescued = entered;
-            // From outside the runtime: queued for all, and a parked worker is woken.
+            // A held worker is let go; and from outside the runtime, a task is queued
+            // for all, which wakes a parked worker.
+            super::spare::needed(true);
             drop(handle.spawn(async {}));
+        } else if entered == 0 {
+            super::spare::needed(false);
         }
         let mut sleep = RESCUE;
         if now.saturating_sub(lane.last_entered.load(Ordering::Relaxed)) >= nanos(WATCH_IDLE) {

@@ -7,6 +7,7 @@
 //! A hand-off costs two wake-ups, more than a quick handler's call. So when the handler
 //! has been quick, no other call runs and the runtime has a worker to spare, the call
 //! runs on the tokio worker that asked for it instead ([`lane`]): no queue, no wake-up.
+//! On one CPU the runtime keeps a held worker for that ([`spare`]).
 //! Everything else (deadline, `TimeoutError`, logging, a stuck call's abandonment) is
 //! the same for both, since both run [`Pool::run`] on a [`Slot`].
 //!
@@ -31,6 +32,9 @@ use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Json, Output
 use tokio::sync::oneshot;
 
 mod lane;
+mod spare;
+
+pub use spare::hold_spare_worker;
 
 use crate::embed::{self, Runtime};
 use crate::{convert, errors, logs, output, signals, PythonConfig};
