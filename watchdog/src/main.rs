@@ -31,7 +31,10 @@ fn runtime(config: &Config) -> tokio::runtime::Runtime {
             && matches!(config.runner, watchdog::config::RunnerConfig::Python(_));
         if one_cpu && warm_python {
             let runtime = builder.worker_threads(2).build().expect("tokio runtime");
-            runtime_python::hold_spare_worker(runtime.handle());
+            runtime_python::hold_spare_worker(
+                runtime.handle(),
+                watchdog::alloc::release_thread_pages,
+            );
             return runtime;
         }
     }

@@ -10,6 +10,10 @@
 //! queue. When the lane's watch finds a call in the lane past its rescue time, it
 //! releases the held worker, which then serves as a normal one (I/O, timers,
 //! deadlines) until the lane is clear again.
+//!
+//! Why a turn every [`HOLD`]: tokio has no way to hold a worker with an empty queue.
+//! A worker held for good after serving (a rescue) could keep tasks on its queue that
+//! only its own polling would run, under load perhaps never. The turn bounds their wait.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -36,8 +40,10 @@ struct Spare {
 static SPARE: OnceLock<Spare> = OnceLock::new();
 
 /// Holds one worker of `handle`'s runtime (built with two workers for one CPU) for the
-/// lane's rescue; see the module's doc.
-pub fn hold_spare_worker(handle: &Handle) {
+/// lane's rescue; see the module's doc. `rest` runs on the worker each time it is held
+/// again: the tasks of its turn allocated on that thread, and the watchdog returns
+/// those pages (`watchdog::alloc::release_thread_pages`).
+pub fn hold_spare_worker(handle: &Handle, rest: fn()) {
     let spare = SPARE.get_or_init(Spare::default);
     drop(handle.spawn(async move {
         loop {
@@ -49,6 +55,7 @@ pub fn hold_spare_worker(handle: &Handle) {
             // Looked at again once the thread is known: a release from now on unparks
             // it, and one made before makes the park return at once.
             if !spare.needed.load(Ordering::SeqCst) {
+                rest();
                 thread::park_timeout(HOLD);
             }
             *super::lock(&spare.held_on) = None;
