@@ -46,6 +46,17 @@ impl Invocation {
         payload: impl Into<Payload>,
         timeout: Duration,
     ) -> Self {
+        Self::with_deadline(execution_id, payload, Instant::now() + timeout, timeout)
+    }
+
+    /// A new invocation due at `deadline`, given as `budget` when it was set
+    /// (warm: at the request's arrival, so queued time counts).
+    pub fn with_deadline(
+        execution_id: impl Into<String>,
+        payload: impl Into<Payload>,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Self {
         Invocation {
             execution_id: execution_id.into(),
             trace_id: None,
@@ -53,14 +64,14 @@ impl Invocation {
             tracestate: None,
             attempt: None,
             idempotency_key: None,
-            deadline: Instant::now() + timeout,
-            deadline_unix_ms: unix_ms_in(timeout),
+            deadline,
+            deadline_unix_ms: unix_ms_in(deadline.saturating_duration_since(Instant::now())),
             cold_start: false,
             function_name: String::new(),
             payload: payload.into(),
             request: None,
             headers: BTreeMap::new(),
-            budget: timeout,
+            budget,
         }
     }
 
@@ -70,14 +81,6 @@ impl Invocation {
         self.deadline = Instant::now() + timeout;
         self.deadline_unix_ms = unix_ms_in(timeout);
         self.budget = timeout;
-    }
-
-    /// Sets the deadline to `deadline`, given as `budget` when it was set
-    /// (warm: at the request's arrival, so queued time counts).
-    pub fn set_deadline(&mut self, deadline: Instant, budget: Duration) {
-        self.deadline = deadline;
-        self.deadline_unix_ms = unix_ms_in(deadline.saturating_duration_since(Instant::now()));
-        self.budget = budget;
     }
 
     /// Moves the deadline earlier (never later) to `timeout` from now.

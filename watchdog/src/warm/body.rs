@@ -82,11 +82,17 @@ async fn read(req: HttpRequest, limit: usize) -> Result<bytes::Bytes, InvokeErro
 
 /// `Content-Type: application/octet-stream`, parameters and case aside.
 fn is_octet_stream(headers: &hyper::HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"))
+    // On the bytes: every request asks, and the type is ASCII.
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        let essence = v
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"application/octet-stream")
+    })
 }
 
 impl<S> ReadBody<S> {
@@ -159,8 +165,7 @@ impl<S> ReadBody<S> {
         };
         state.validator.check_input(&payload)?;
 
-        let mut inv = Invocation::new(execution_id, payload, budget);
-        inv.set_deadline(deadline, budget);
+        let mut inv = Invocation::with_deadline(execution_id, payload, deadline, budget);
         inv.cold_start = state.cold.swap(false, Ordering::AcqRel);
         inv.trace_id = meta.trace_id.clone();
         meta.trace.apply(&mut inv);
@@ -191,5 +196,37 @@ where
                 Ok(accepted) => inner.call(accepted).await,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(value: &'static str) -> hyper::HeaderMap {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn octet_stream_is_told_by_its_essence() {
+        for binary in [
+            "application/octet-stream",
+            "Application/Octet-Stream",
+            " application/octet-stream ; name=x",
+            "application/octet-stream;",
+        ] {
+            assert!(is_octet_stream(&typed(binary)), "{binary}");
+        }
+        for other in [
+            "application/json",
+            "application/octet-streams",
+            "text/plain; application/octet-stream",
+            "",
+        ] {
+            assert!(!is_octet_stream(&typed(other)), "{other}");
+        }
+        assert!(!is_octet_stream(&hyper::HeaderMap::new()));
     }
 }

@@ -91,6 +91,14 @@ impl Owned {
                     self.0 = None;
                 }
             }
+            if self.0.is_some() {
+                // `execute` answers only while it is polled here, and its own
+                // wake-ups bring us back: the answer needs no waker of its own.
+                // With one, the answer would wake this task while it runs, and
+                // the connection would be polled once more for nothing.
+                let mut quiet = std::task::Context::from_waker(std::task::Waker::noop());
+                return std::pin::Pin::new(&mut answer).poll(&mut quiet);
+            }
             // Once `execute` has ended, its sender has answered or is gone.
             std::pin::Pin::new(&mut answer).poll(cx)
         })
