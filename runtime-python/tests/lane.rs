@@ -3,10 +3,12 @@
 //! handlers holding the GIL would slow these down.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use runtime_python::{PythonConfig, PythonHandler};
-use runtime_sdk::{Body, Handler, Invocation, Json};
+use runtime_sdk::{Body, Handler, Invocation, Json, SlotRelease};
 use serde_json::{json, Value};
 
 async fn started(module: &str, function: &str) -> PythonHandler {
@@ -25,14 +27,20 @@ async fn started(module: &str, function: &str) -> PythonHandler {
 
 /// The OS thread a `t_lane` handler ran on, by its name.
 async fn ran_on(h: &PythonHandler, payload: Value) -> String {
-    let out = h
-        .invoke(Invocation::new(
-            "e-lane",
-            Json::from(payload),
-            Duration::from_secs(5),
-        ))
-        .await
-        .expect("runs");
+    ran_and_freed(h, payload).await.0
+}
+
+/// The OS thread a `t_lane` handler ran on, and whether its running slot had been
+/// freed by the time its answer was in.
+async fn ran_and_freed(h: &PythonHandler, payload: Value) -> (String, bool) {
+    let freed = Arc::new(AtomicBool::new(false));
+    let mut inv = Invocation::new("e-lane", Json::from(payload), Duration::from_secs(5));
+    inv.slot = SlotRelease::new({
+        let freed = freed.clone();
+        move || freed.store(true, Ordering::SeqCst)
+    });
+    let out = h.invoke(inv).await.expect("runs");
+    let freed = freed.load(Ordering::SeqCst);
     let json = match &out.body {
         Body::Stream(chunks) => {
             let mut stream = chunks.take().expect("a stream");
@@ -41,7 +49,8 @@ async fn ran_on(h: &PythonHandler, payload: Value) -> String {
         }
         _ => out.to_json().json,
     };
-    json.to_value().as_str().expect("a thread name").to_owned()
+    let name = json.to_value().as_str().expect("a thread name").to_owned();
+    (name, freed)
 }
 
 /// One test, the parts in turn: a call's path depends on the time of the calls before
@@ -65,18 +74,24 @@ async fn quick_calls_run_on_the_callers_worker_and_slow_ones_on_the_threads() {
     // Only what does not hang on this machine's speed is asserted exactly (a debug build
     // on a busy CI machine takes a good part of the 250 µs bound per quick call).
     let h = started("t_lane", "where").await;
+    // In the lane the slot is freed as the function returns, before the answer
+    // travels back (the caller's task may be polled much later).
     assert_eq!(
-        ran_on(&h, json!({})).await,
-        "tokio-rt-worker",
+        ran_and_freed(&h, json!({})).await,
+        ("tokio-rt-worker".to_owned(), true),
         "a fresh handler's first call"
     );
     // A call of 5 ms alone puts the average past the bound: the next ones go to the
-    // threads.
-    let mut names = Vec::new();
+    // threads, which leave the slot to the caller.
+    let mut runs = Vec::new();
     for _ in 0..6 {
-        names.push(ran_on(&h, json!({"sleep": 0.005})).await);
+        runs.push(ran_and_freed(&h, json!({"sleep": 0.005})).await);
     }
-    assert_eq!(names[1..], ["ember-py-0"; 5], "{names:?}");
+    assert_eq!(
+        runs[1..],
+        vec![("ember-py-0".to_owned(), false); 5],
+        "{runs:?}"
+    );
     // Quick again: the average comes down and the lane is taken again.
     let mut names = Vec::new();
     while names.len() < 400 && names.last().is_none_or(|n| n != "tokio-rt-worker") {
@@ -86,6 +101,14 @@ async fn quick_calls_run_on_the_callers_worker_and_slow_ones_on_the_threads() {
         names.last().map(String::as_str),
         Some("tokio-rt-worker"),
         "{names:?}"
+    );
+    h.shutdown().await;
+    // A plain function that returns a generator takes the lane, and its stream
+    // keeps the slot until it ends.
+    let h = started("t_lane", "returns_stream").await;
+    assert_eq!(
+        ran_and_freed(&h, json!({})).await,
+        ("tokio-rt-worker".to_owned(), false)
     );
     h.shutdown().await;
     // Generators and coroutines wait on readers and I/O: always on the threads.

@@ -35,8 +35,42 @@ pub struct Invocation {
     pub request: Option<std::sync::Arc<RequestInfo>>,
     /// Extra headers an `HTTP` runtime should see (lower-case names).
     pub headers: BTreeMap<String, String>,
+    /// Frees the invocation's running slot (warm admission) once the function
+    /// has returned, before its answer has travelled back; empty elsewhere.
+    pub slot: SlotRelease,
     /// `deadline` minus when it was set, for the `TIMEOUT` message.
     budget: Duration,
+}
+
+/// Frees a running slot, at most once, whoever calls it first: the runner when
+/// its function returns, or the watchdog when the invocation ends. A runner that
+/// never calls it changes nothing. Why: the answer of a call that ran on a tokio
+/// worker reaches its connection only when that connection is polled again, and
+/// until then its slot would keep a waiting request waiting for nothing.
+#[derive(Clone, Default)]
+pub struct SlotRelease(Option<std::sync::Arc<dyn Fn() + Send + Sync>>);
+
+impl SlotRelease {
+    /// `free` must be idempotent: it runs on every call to `release`.
+    pub fn new(free: impl Fn() + Send + Sync + 'static) -> Self {
+        SlotRelease(Some(std::sync::Arc::new(free)))
+    }
+
+    pub fn release(&self) {
+        if let Some(free) = &self.0 {
+            free();
+        }
+    }
+}
+
+impl std::fmt::Debug for SlotRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SlotRelease"
+        } else {
+            "SlotRelease(none)"
+        })
+    }
 }
 
 impl Invocation {
@@ -71,6 +105,7 @@ impl Invocation {
             payload: payload.into(),
             request: None,
             headers: BTreeMap::new(),
+            slot: SlotRelease::default(),
             budget,
         }
     }

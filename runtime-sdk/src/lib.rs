@@ -14,7 +14,7 @@ pub mod names;
 pub use body::{AsJson, Body, ChunkStream, Chunks, Output, Payload};
 pub use error::{ErrorCode, InvokeError};
 pub use handler::{BoxFuture, Handler, Health};
-pub use invocation::{Invocation, RequestInfo};
+pub use invocation::{Invocation, RequestInfo, SlotRelease};
 pub use json::Json;
 
 /// What one invocation ends with.

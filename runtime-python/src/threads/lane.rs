@@ -94,13 +94,18 @@ impl Lane {
         let pool = Arc::clone(pool);
         tokio::spawn(async move {
             let leave = Leave(&pool.lane.busy);
+            let slot = call.inv.slot.clone();
             let started = pool.lane.enter();
             let answer = pool.run_here(call);
             pool.lane.entered.store(0, Ordering::Release);
             pool.lane.took(started.elapsed());
             // Out of the lane before answering: the caller's next call may come at once.
             drop(leave);
+            // A stream was answered from inside, and keeps its slot until it ends.
             if let Some((reply, result)) = answer {
+                // The function has returned: its slot goes to the next call now,
+                // not when the caller's task is polled again.
+                slot.release();
                 let _ = reply.send(result);
             }
         });

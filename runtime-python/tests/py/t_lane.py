@@ -15,3 +15,7 @@ def streams(request):
 
 async def coroutine(request):
     return where(request)
+
+
+def returns_stream(request):
+    return (where(request) for _ in range(1))

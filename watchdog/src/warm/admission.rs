@@ -4,10 +4,10 @@
 //! bodies held in memory are bounded by the slots and the queue (section 10).
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::future::{ready, Either, Ready};
-use runtime_sdk::{ErrorCode, InvokeError};
+use runtime_sdk::{ErrorCode, InvokeError, SlotRelease};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -56,10 +56,42 @@ pub struct Ticket {
     shared: Arc<Shared>,
 }
 
-/// A running slot, held until the run ends.
+/// A running slot, held until the run ends; its running part can be freed
+/// sooner, once the function has returned (`release`). The place is kept to
+/// the end: what is held in memory stays bounded by the slots and the queue.
 pub struct Slot {
-    _slot: OwnedSemaphorePermit,
+    running: SlotRelease,
     _place: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn new(running: OwnedSemaphorePermit, place: OwnedSemaphorePermit) -> Slot {
+        let running = Mutex::new(Some(running));
+        Slot {
+            running: SlotRelease::new(move || {
+                drop(
+                    running
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take(),
+                )
+            }),
+            _place: place,
+        }
+    }
+
+    /// For the runner: frees the running slot when its function has returned.
+    pub fn release(&self) -> SlotRelease {
+        self.running.clone()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Also when a runner still holds the release (a call stuck past its
+        // deadline): the slot is the invocation's, which has ended.
+        self.running.release();
+    }
 }
 
 /// Leaves the queue gauge when dropped, also when the wait is cut short.
@@ -77,10 +109,7 @@ impl Ticket {
     pub async fn slot(self) -> Slot {
         let shared = self.shared.clone();
         if let Ok(slot) = shared.slots.clone().try_acquire_owned() {
-            return Slot {
-                _slot: slot,
-                _place: self.place,
-            };
+            return Slot::new(slot, self.place);
         }
         shared.metrics.queue_depth().inc();
         let _waiting = Waiting(&shared.metrics);
@@ -90,10 +119,7 @@ impl Ticket {
             .acquire_owned()
             .await
             .expect("the slot semaphore is never closed");
-        Slot {
-            _slot: slot,
-            _place: self.place,
-        }
+        Slot::new(slot, self.place)
     }
 }
 
@@ -142,5 +168,42 @@ where
             shared: shared.clone(),
         };
         Either::Right(self.inner.call(Admitted { req, ticket }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(layer: &AdmissionLayer) -> Ticket {
+        let shared = layer.shared.clone();
+        let place = shared.places.clone().try_acquire_owned().expect("a place");
+        Ticket { place, shared }
+    }
+
+    /// A runner frees the running slot when its function returns; the place in
+    /// the queue is kept until the invocation ends, and a second free is a no-op.
+    #[tokio::test]
+    async fn a_slot_frees_its_running_part_early_and_its_place_at_the_end() {
+        let layer = AdmissionLayer::new(1, 1, Metrics::new("echo", "FAKE"));
+        let shared = layer.shared.clone();
+        let slot = ticket(&layer).slot().await;
+        assert_eq!(shared.slots.available_permits(), 0);
+        let release = slot.release();
+        release.release();
+        assert_eq!(shared.slots.available_permits(), 1, "running slot freed");
+        assert_eq!(shared.places.available_permits(), 1, "place still held");
+        release.release();
+        drop(slot);
+        assert_eq!(shared.slots.available_permits(), 1);
+        assert_eq!(shared.places.available_permits(), 2);
+        // Unreleased, dropping the slot frees both, even while a runner still
+        // holds the release (a call stuck past its deadline).
+        let slot = ticket(&layer).slot().await;
+        let held = slot.release();
+        drop(slot);
+        assert_eq!(shared.slots.available_permits(), 1);
+        assert_eq!(shared.places.available_permits(), 2);
+        drop(held);
     }
 }

@@ -126,7 +126,11 @@ fn spawn(run: BoxFuture<'static, ()>) {
 async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Sender<InvokeResult>) {
     // Draining waits for this invocation, not for its connection.
     let _accepted = state.accept();
-    let Accepted { inv, ticket, meta } = accepted;
+    let Accepted {
+        mut inv,
+        ticket,
+        meta,
+    } = accepted;
     // The ids are copied only for a callback to send.
     let target =
         callback_target(&state, &meta, &inv.execution_id).map(|url| (url, callback::Ids::of(&inv)));
@@ -144,6 +148,7 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         if let Some(r) = &recording {
             r.running();
         }
+        inv.slot = slot.release();
         let result = match pipeline.oneshot(inv).await {
             Ok(r) => r,
             Err(never) => match never {},
