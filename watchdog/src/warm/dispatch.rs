@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use super::body::Accepted;
 use super::meta::RequestMeta;
+use super::signal::Signal;
 use super::state::State;
 use super::Outcome;
 use crate::callback::{self, Delivery};
@@ -157,6 +158,10 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         (result, Some(slot))
     };
     tokio::pin!(run);
+    let stop = Signal::new(state.stop_running.cancelled(), || {
+        state.stop_running.is_cancelled()
+    });
+    tokio::pin!(stop);
     let mut watching = true;
     let mut slot = None;
     let result = loop {
@@ -165,7 +170,7 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
                 slot = held;
                 break result;
             }
-            _ = state.stop_running.cancelled() => {
+            _ = &mut stop => {
                 tracing::warn!("stopped: DRAIN_TIMEOUT_MS passed while it ran");
                 break Err(InvokeError::cancelled(
                     "the watchdog was shutting down and DRAIN_TIMEOUT_MS passed before the function finished",
@@ -193,7 +198,17 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         }) => match chunks.take() {
             Some(source) => {
                 let head = Head { status, headers };
-                forward(&state, source, head, reply, target.is_some(), deadline).await
+                // Boxed: a stream's state would otherwise make every call's
+                // future larger, and each is moved into its box.
+                Box::pin(forward(
+                    &state,
+                    source,
+                    head,
+                    reply,
+                    target.is_some(),
+                    deadline,
+                ))
+                .await
             }
             None => Err(InvokeError::new(
                 ErrorCode::FunctionError,

@@ -9,6 +9,7 @@ mod drain;
 mod meta;
 mod respond;
 pub mod server;
+mod signal;
 mod state;
 mod trace;
 

@@ -54,6 +54,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use super::signal::Signal;
 pub use crate::config::ConnLimits;
 use crate::memory::Trimmer;
 
@@ -229,25 +230,18 @@ impl<S: App> Connection<S> {
         let mut conn = std::pin::pin!(conn);
         let first = limits.header_read_timeout.min(limits.idle_timeout);
         let mut check = std::pin::pin!(tokio::time::sleep(first));
-        // Polling `stopped` takes a lock to renew its waker, on every poll of a
-        // busy connection; so it is polled once and again only when the stop came
-        // (`probe`, one atomic read) or the waker is not the one it holds.
         let probe = stop.clone();
-        let mut stopped = std::pin::pin!(stop.changed());
+        let mut stopped = std::pin::pin!(Signal::new(stop.changed(), move || {
+            probe.has_changed().unwrap_or(true)
+        }));
         let mut stopping = false;
-        let mut registered: Option<std::task::Waker> = None;
         // One task polls the connection and its timer, so that right after the
         // connection moved a limit closer (a head began, an answer ended, a write
         // blocked), the timer is brought forward in the same poll, without a wake-up.
         let outcome = std::future::poll_fn(|cx| {
-            let renew = registered.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
-            if !stopping && (renew || probe.has_changed().unwrap_or(true)) {
-                if stopped.as_mut().poll(cx).is_ready() {
-                    stopping = true;
-                    conn.as_mut().graceful_shutdown();
-                } else if renew {
-                    registered = Some(cx.waker().clone());
-                }
+            if !stopping && stopped.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
             }
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(result.map_err(|e| e.to_string()));

@@ -64,7 +64,8 @@ where
         Box::pin(async move {
             let mut req = req;
             if !meta.id_from_header && small_post(&req) {
-                req = match probe_alyx(req, &mut meta, state.timeout).await {
+                // Boxed, as it is rare: it would make every request's future larger.
+                req = match Box::pin(probe_alyx(req, &mut meta, state.timeout)).await {
                     Ok(req) => req,
                     Err(e) => return Ok(super::respond::error_response(&e)),
                 };
