@@ -24,7 +24,6 @@ use tracing::Instrument;
 
 use super::body::Accepted;
 use super::meta::RequestMeta;
-use super::signal::Signal;
 use super::state::State;
 use super::Outcome;
 use crate::callback::{self, Delivery};
@@ -158,9 +157,7 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         (result, Some(slot))
     };
     tokio::pin!(run);
-    let stop = Signal::new(state.stop_running.cancelled(), || {
-        state.stop_running.is_cancelled()
-    });
+    let stop = state.run_stopped();
     tokio::pin!(stop);
     let mut watching = true;
     let mut slot = None;
@@ -269,10 +266,12 @@ async fn forward(
     // backstop for one that cannot.
     let backstop = tokio::time::sleep_until((deadline + Duration::from_secs(2)).into());
     tokio::pin!(backstop);
+    let stop = state.run_stopped();
+    tokio::pin!(stop);
     let end = loop {
         let item = tokio::select! {
             item = source.next() => item,
-            _ = state.stop_running.cancelled() => Some(Err(InvokeError::cancelled(
+            _ = &mut stop => Some(Err(InvokeError::cancelled(
                 "the watchdog was shutting down and DRAIN_TIMEOUT_MS passed during the stream",
             ))),
             _ = &mut backstop => Some(Err(InvokeError::new(

@@ -1,5 +1,6 @@
 //! What the warm server's layers share.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use runtime_sdk::{Handler, InvokeError};
 use tokio::sync::Notify;
 
+use super::signal::Signal;
 use crate::callback::CallbackClient;
 use crate::config::WarmConfig;
 use crate::metrics::Metrics;
@@ -101,6 +103,14 @@ impl State {
 
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Acquire)
+    }
+
+    /// Resolves when `DRAIN_TIMEOUT_MS` has passed (`stop_running`); polled again
+    /// only once it may have, so an invocation waiting on it costs no lock per poll.
+    pub fn run_stopped(&self) -> impl Future<Output = ()> + '_ {
+        Signal::new(self.stop_running.cancelled(), || {
+            self.stop_running.is_cancelled()
+        })
     }
 
     /// Resolves when no accepted invocation is left.
