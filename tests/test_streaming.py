@@ -2,6 +2,7 @@
 deadline, back-pressure, disconnects and callbacks (issue: beyond the peers, part 1)."""
 
 import json
+import signal
 import socket
 import time
 
@@ -93,3 +94,19 @@ def test_the_callback_carries_the_collected_values():
             body = cb.wait_for(1)[0]["body"]
             assert body["success"] is True
             assert body["output"] == [{"n": i} for i in range(5)]
+
+
+def test_a_stream_still_running_at_the_drain_timeout_ends_with_a_cancelled_line(tmp_path):
+    marker = tmp_path / "closed"
+    with Warm(env("forever", DRAIN_TIMEOUT_MS=500)) as w:
+        with requests.post(w.url + "/invoke", json={"marker": str(marker)}, stream=True,
+                           headers={"X-Execution-Id": "s-drain"}, timeout=10) as r:
+            lines = r.iter_lines()
+            assert json.loads(next(lines))["i"] == 0
+            w.signal(signal.SIGTERM)
+            rest = [json.loads(line) for line in lines]
+        assert rest[-1]["code"] == "CANCELLED", rest[-1]
+        assert "DRAIN_TIMEOUT_MS" in rest[-1]["error"], rest[-1]
+        assert all("i" in v for v in rest[:-1])
+        assert w.wait(10) == 0
+    assert wait_until(marker.exists, 5), "the generator was not closed"
