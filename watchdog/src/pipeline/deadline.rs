@@ -4,8 +4,13 @@
 //! this layer ends the run there by dropping it.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeError, InvokeResult};
+use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult};
+use tokio::time::Timeout;
 use tower::{Layer, Service};
 
 use crate::metrics::Metrics;
@@ -44,25 +49,50 @@ where
 {
     type Response = InvokeResult;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<InvokeResult, Infallible>>;
+    // Named, not boxed: the pipeline is boxed once, at its top.
+    type Future = Timed<S::Future>;
 
     super::always_ready!();
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
-        let metrics = self.metrics.clone();
         let deadline = inv.deadline;
         let budget = inv.budget();
         let execution_id = inv.execution_id.clone();
-        let fut = self.inner.call(inv);
-        Box::pin(async move {
-            let result = match tokio::time::timeout_at(deadline.into(), fut).await {
-                Ok(r) => r?,
-                Err(_) => Err(InvokeError::timeout(&execution_id, budget)),
-            };
-            if matches!(&result, Err(e) if e.code == ErrorCode::Timeout) {
-                metrics.timeout();
-            }
-            Ok(result)
-        })
+        Timed {
+            inner: tokio::time::timeout_at(deadline.into(), self.inner.call(inv)),
+            metrics: self.metrics.clone(),
+            execution_id,
+            budget,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The run, dropped at the deadline and answered with `TIMEOUT` then.
+    pub struct Timed<F> {
+        #[pin]
+        inner: Timeout<F>,
+        metrics: Metrics,
+        execution_id: String,
+        budget: Duration,
+    }
+}
+
+impl<F> Future for Timed<F>
+where
+    F: Future<Output = Result<InvokeResult, Infallible>>,
+{
+    type Output = Result<InvokeResult, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match ready!(this.inner.poll(cx)) {
+            Ok(Ok(r)) => r,
+            Err(_) => Err(InvokeError::timeout(this.execution_id, *this.budget)),
+        };
+        if matches!(&result, Err(e) if e.code == ErrorCode::Timeout) {
+            this.metrics.timeout();
+        }
+        Poll::Ready(Ok(result))
     }
 }

@@ -2,9 +2,12 @@
 //! even when the deadline or a cancellation drops the future.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use runtime_sdk::{BoxFuture, Invocation, InvokeResult};
+use runtime_sdk::{Invocation, InvokeResult};
 use tower::{Layer, Service};
 
 use crate::metrics::Metrics;
@@ -48,24 +51,47 @@ where
 {
     type Response = InvokeResult;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<InvokeResult, Infallible>>;
+    // Named, not boxed: the pipeline is boxed once, at its top.
+    type Future = Measured<S::Future>;
 
     super::always_ready!();
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
         self.metrics.in_flight().inc();
-        let mut running = Running {
+        let running = Running {
             metrics: self.metrics.clone(),
             started: Instant::now(),
             // Stays false if the deadline drops this future mid-run.
             success: false,
         };
-        let fut = self.inner.call(inv);
-        Box::pin(async move {
-            let r = fut.await?;
+        Measured {
+            inner: self.inner.call(inv),
+            running: Some(running),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The run, with its `Running` record ended when it ends or is dropped.
+    pub struct Measured<F> {
+        #[pin]
+        inner: F,
+        running: Option<Running>,
+    }
+}
+
+impl<F> Future for Measured<F>
+where
+    F: Future<Output = Result<InvokeResult, Infallible>>,
+{
+    type Output = Result<InvokeResult, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(r) = ready!(this.inner.poll(cx));
+        if let Some(mut running) = this.running.take() {
             running.success = r.is_ok();
-            drop(running);
-            Ok(r)
-        })
+        }
+        Poll::Ready(Ok(r))
     }
 }

@@ -25,30 +25,30 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use runtime_sdk::{BoxFuture, Handler, Invocation, InvokeResult};
-use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
-pub use catch_panic::CatchPanicLayer;
-pub use deadline::DeadlineLayer;
-pub use measure::MeasureLayer;
-pub use output::OutputCheckLayer;
+pub use catch_panic::{CatchPanic, CatchPanicLayer};
+pub use deadline::{Deadline, DeadlineLayer};
+pub use measure::{Measure, MeasureLayer};
+pub use output::{OutputCheck, OutputCheckLayer};
 
 use crate::metrics::Metrics;
 use crate::validate::Validator;
 
-/// The whole pipeline, boxed once so both modes hold the same type.
-pub type Pipeline = BoxCloneSyncService<Invocation, InvokeResult, Infallible>;
+/// The whole pipeline, as one named type both modes hold. Not a boxed
+/// service: that cost a clone and a box of the future per call, on top of
+/// the one box (`catch_panic`) the layers' futures live in.
+pub type Pipeline = CatchPanic<Deadline<Measure<OutputCheck<Run>>>>;
 
 pub fn build(handler: Arc<dyn Handler>, validator: Validator, metrics: Metrics) -> Pipeline {
-    let stack = ServiceBuilder::new()
+    ServiceBuilder::new()
         // Outermost, so a panic in any layer still ends as a result.
         .layer(CatchPanicLayer)
         .layer(DeadlineLayer::new(metrics.clone()))
         // Inside the deadline: a run cut short is counted as a failure.
         .layer(MeasureLayer(metrics))
         .layer(OutputCheckLayer(validator))
-        .service(Run(handler));
-    BoxCloneSyncService::new(stack)
+        .service(Run(handler))
 }
 
 /// The runner as the innermost service.

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 
+use futures_util::future::Either;
 use runtime_sdk::{BoxFuture, Invocation, InvokeResult};
 use tower::{Layer, Service};
 
@@ -34,19 +35,20 @@ where
 {
     type Response = InvokeResult;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<InvokeResult, Infallible>>;
+    // Without a schema the run's own future, as it is: no box of its own.
+    type Future = Either<S::Future, BoxFuture<'static, Result<InvokeResult, Infallible>>>;
 
     super::always_ready!();
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
         let fut = self.inner.call(inv);
         if !self.validator.has_output() {
-            return Box::pin(fut);
+            return Either::Left(fut);
         }
         let validator = self.validator.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let result = fut.await?;
             Ok(result.and_then(|o| validator.check_output(&o).map(|()| o)))
-        })
+        }))
     }
 }
