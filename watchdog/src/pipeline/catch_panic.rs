@@ -4,10 +4,14 @@
 
 use std::any::Any;
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
+use futures_util::future::{CatchUnwind, Either, Ready};
 use futures_util::FutureExt;
-use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeError, InvokeResult};
+use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult};
 use tower::{Layer, Service};
 
 #[derive(Clone, Copy)]
@@ -45,24 +49,40 @@ where
 {
     type Response = InvokeResult;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<InvokeResult, Infallible>>;
+    // Named, not boxed: the pipeline's future is held whole by its caller.
+    type Future = Either<Ready<Result<InvokeResult, Infallible>>, Caught<S::Future>>;
 
     super::always_ready!();
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
         // `call` itself may panic, before any future exists.
-        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.call(inv))) {
-            Ok(fut) => fut,
-            Err(payload) => {
-                let e = panicked(payload);
-                return Box::pin(async move { Ok(Err(e)) });
-            }
-        };
-        Box::pin(async move {
-            match AssertUnwindSafe(fut).catch_unwind().await {
-                Ok(result) => result,
-                Err(payload) => Ok(Err(panicked(payload))),
-            }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.call(inv))) {
+            Ok(fut) => Either::Right(Caught {
+                inner: AssertUnwindSafe(fut).catch_unwind(),
+            }),
+            Err(payload) => Either::Left(futures_util::future::ready(Ok(Err(panicked(payload))))),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The run, with a panic while it is polled turned into its result.
+    pub struct Caught<F> {
+        #[pin]
+        inner: CatchUnwind<AssertUnwindSafe<F>>,
+    }
+}
+
+impl<F> Future for Caught<F>
+where
+    F: Future<Output = Result<InvokeResult, Infallible>>,
+{
+    type Output = Result<InvokeResult, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(match ready!(self.project().inner.poll(cx)) {
+            Ok(result) => result,
+            Err(payload) => Ok(Err(panicked(payload))),
         })
     }
 }

@@ -36,8 +36,8 @@ use crate::metrics::Metrics;
 use crate::validate::Validator;
 
 /// The whole pipeline, as one named type both modes hold. Not a boxed
-/// service: that cost a clone and a box of the future per call, on top of
-/// the one box (`catch_panic`) the layers' futures live in.
+/// service: that cost a clone and a box of the future per call. Its future is
+/// named too, so the caller's own box (warm: `dispatch`) holds it whole.
 pub type Pipeline = CatchPanic<Deadline<Measure<OutputCheck<Run>>>>;
 
 pub fn build(handler: Arc<dyn Handler>, validator: Validator, metrics: Metrics) -> Pipeline {

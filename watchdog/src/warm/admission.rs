@@ -104,6 +104,16 @@ impl Drop for Waiting<'_> {
 }
 
 impl Ticket {
+    /// A free slot now, if there is one and nobody waits for it; else the
+    /// ticket back, to wait with (`slot`). Lets the caller skip setting up a
+    /// timer for a wait that will not happen.
+    pub fn try_slot(self) -> Result<Slot, Ticket> {
+        match self.shared.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok(Slot::new(slot, self.place)),
+            Err(_) => Err(self),
+        }
+    }
+
     /// Waits for a free slot, in arrival order; the caller bounds the wait
     /// by the invocation's deadline.
     pub async fn slot(self) -> Slot {
@@ -205,5 +215,24 @@ mod tests {
         assert_eq!(shared.slots.available_permits(), 1);
         assert_eq!(shared.places.available_permits(), 2);
         drop(held);
+    }
+
+    /// `try_slot` takes a free slot, gives the ticket back when there is none,
+    /// and never passes a caller already waiting in `slot`.
+    #[tokio::test]
+    async fn try_slot_takes_a_free_slot_and_never_passes_a_waiter() {
+        let layer = AdmissionLayer::new(1, 2, Metrics::new("echo", "FAKE"));
+        let first = ticket(&layer).try_slot().ok().expect("a free slot");
+        let second = ticket(&layer).try_slot().err().expect("no free slot");
+        let waiting = tokio::spawn(second.slot());
+        tokio::task::yield_now().await;
+        drop(first);
+        // The freed slot went to the waiter, not to a newcomer.
+        let third = ticket(&layer).try_slot();
+        assert!(third.is_err(), "a newcomer passed the waiter");
+        let held = waiting.await.expect("the waiter got the slot");
+        drop(third);
+        drop(held);
+        assert!(ticket(&layer).try_slot().is_ok());
     }
 }

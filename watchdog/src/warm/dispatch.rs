@@ -10,8 +10,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -42,7 +43,7 @@ impl Dispatch {
 impl Service<Accepted> for Dispatch {
     type Response = Outcome;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
+    type Future = Answering;
 
     crate::pipeline::always_ready!();
 
@@ -57,15 +58,11 @@ impl Service<Accepted> for Dispatch {
         } else {
             Owned(Some(run))
         };
-        Box::pin(async move {
-            let result = run.answer(answer).await.unwrap_or_else(|_| {
-                Err(InvokeError::new(
-                    ErrorCode::FunctionError,
-                    "the invocation ended without a result (the watchdog is shutting down)",
-                ))
-            });
-            Ok(Outcome::Completed { result, cold_start })
-        })
+        Answering {
+            run,
+            answer,
+            cold_start,
+        }
     }
 }
 
@@ -77,41 +74,62 @@ impl Service<Accepted> for Dispatch {
 /// when the runner asked for a task from the start (`Handler::runs_detached`).
 struct Owned(Option<BoxFuture<'static, ()>>);
 
-impl Owned {
-    async fn answer(
-        mut self,
-        mut answer: oneshot::Receiver<InvokeResult>,
-    ) -> Result<InvokeResult, oneshot::error::RecvError> {
-        std::future::poll_fn(|cx| {
-            if let Some(run) = self.0.as_mut() {
-                // A panic here is contained as it was in a task of its own: the
-                // invocation is dropped, and its dropped sender tells the caller.
-                let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
-                if !matches!(polled, Ok(Poll::Pending)) {
-                    self.0 = None;
-                }
-            }
-            if self.0.is_some() {
-                // `execute` answers only while it is polled here, and its own
-                // wake-ups bring us back: the answer needs no waker of its own.
-                // With one, the answer would wake this task while it runs, and
-                // the connection would be polled once more for nothing.
-                let mut quiet = std::task::Context::from_waker(std::task::Waker::noop());
-                return std::pin::Pin::new(&mut answer).poll(&mut quiet);
-            }
-            // Once `execute` has ended, its sender has answered or is gone.
-            std::pin::Pin::new(&mut answer).poll(cx)
-        })
-        .await
-        // Dropping `self` here hands what is left to a task.
-    }
-}
-
 impl Drop for Owned {
     fn drop(&mut self) {
         if let Some(run) = self.0.take() {
             spawn(run);
         }
+    }
+}
+
+/// The response's side of an invocation: its answer, with the invocation
+/// itself polled here until the answer is in (see `Owned`). Dropping it
+/// hands what is left of the invocation to a task.
+pub struct Answering {
+    run: Owned,
+    answer: oneshot::Receiver<InvokeResult>,
+    cold_start: bool,
+}
+
+impl Future for Answering {
+    type Output = Result<Outcome, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(run) = this.run.0.as_mut() {
+            // A panic here is contained as it was in a task of its own: the
+            // invocation is dropped, and its dropped sender tells the caller.
+            let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
+            if !matches!(polled, Ok(Poll::Pending)) {
+                this.run.0 = None;
+            }
+        }
+        let answer = if this.run.0.is_some() {
+            // `execute` answers only while it is polled here, and its own
+            // wake-ups bring us back: the answer needs no waker of its own.
+            // With one, the answer would wake this task while it runs, and
+            // the connection would be polled once more for nothing.
+            let mut quiet = Context::from_waker(std::task::Waker::noop());
+            Pin::new(&mut this.answer).poll(&mut quiet)
+        } else {
+            // Once `execute` has ended, its sender has answered or is gone.
+            Pin::new(&mut this.answer).poll(cx)
+        };
+        let Poll::Ready(answer) = answer else {
+            return Poll::Pending;
+        };
+        let result = answer.unwrap_or_else(|_| {
+            Err(InvokeError::new(
+                ErrorCode::FunctionError,
+                "the invocation ended without a result (the watchdog is shutting down)",
+            ))
+        });
+        // What is left of the invocation goes on as a task of its own.
+        drop(std::mem::replace(&mut this.run, Owned(None)));
+        Poll::Ready(Ok(Outcome::Completed {
+            result,
+            cold_start: this.cold_start,
+        }))
     }
 }
 
@@ -141,9 +159,15 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         (state.spans.as_ref()).and_then(|s| s.begin(&meta.trace, &inv, arrived, "queue"));
     let run = async {
         // Queued time counts against the deadline (section 4).
-        let Ok(slot) = tokio::time::timeout_at(deadline.into(), ticket.slot()).await else {
-            state.metrics.timeout();
-            return (Err(InvokeError::timeout(&inv.execution_id, budget)), None);
+        let slot = match ticket.try_slot() {
+            Ok(slot) => slot,
+            Err(ticket) => {
+                let Ok(slot) = tokio::time::timeout_at(deadline.into(), ticket.slot()).await else {
+                    state.metrics.timeout();
+                    return (Err(InvokeError::timeout(&inv.execution_id, budget)), None);
+                };
+                slot
+            }
         };
         if let Some(r) = &recording {
             r.running();
@@ -351,6 +375,19 @@ mod tests {
         panic!("the invocation did not run to its end");
     }
 
+    /// What the response gets from an invocation polled on its side.
+    async fn answered(run: Owned, answer: oneshot::Receiver<InvokeResult>) -> InvokeResult {
+        let answering = Answering {
+            run,
+            answer,
+            cold_start: false,
+        };
+        match answering.await {
+            Ok(Outcome::Completed { result, .. }) => result,
+            Ok(Outcome::Refused(e)) => Err(e),
+        }
+    }
+
     /// The client went away: the response is dropped, the invocation is not.
     #[tokio::test]
     async fn an_invocation_runs_on_after_its_response_is_dropped() {
@@ -367,7 +404,7 @@ mod tests {
             s.store(reply.send(result()).is_err(), Ordering::SeqCst);
             e.store(true, Ordering::SeqCst);
         })));
-        let response = tokio::time::timeout(Duration::from_millis(20), run.answer(answer));
+        let response = tokio::time::timeout(Duration::from_millis(20), answered(run, answer));
         assert!(response.await.is_err(), "no answer yet");
         go.send(()).unwrap();
         until(&ended).await;
@@ -389,7 +426,7 @@ mod tests {
             let _ = wait.await;
             e.store(true, Ordering::SeqCst);
         })));
-        let got = run.answer(answer).await.expect("answered");
+        let got = answered(run, answer).await;
         assert_eq!(got.unwrap_err().message, "the answer");
         assert!(!ended.load(Ordering::SeqCst));
         go.send(()).unwrap();
@@ -404,7 +441,12 @@ mod tests {
             let _reply = reply;
             panic!("a bug outside the pipeline");
         })));
-        assert!(run.answer(answer).await.is_err(), "the sender was dropped");
+        let got = answered(run, answer).await.unwrap_err();
+        assert!(
+            got.message.contains("ended without a result"),
+            "the sender was dropped: {}",
+            got.message
+        );
     }
 
     /// The answer of an invocation that ends in the first poll, with no task.
@@ -414,7 +456,7 @@ mod tests {
         let run = Owned(Some(Box::pin(async move {
             let _ = reply.send(result());
         })));
-        let got = futures_util::FutureExt::now_or_never(run.answer(answer));
-        assert!(matches!(got, Some(Ok(Err(_)))));
+        let got = futures_util::FutureExt::now_or_never(answered(run, answer));
+        assert!(matches!(got, Some(Err(e)) if e.message == "the answer"));
     }
 }

@@ -2,13 +2,16 @@
 //! what it lets through so draining knows when all is answered.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
+use futures_util::future::{ready, Either, Ready};
+use runtime_sdk::{ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
-use super::state::State;
+use super::state::{AcceptedGuard, State};
 use super::{HttpRequest, Outcome};
 
 #[derive(Clone)]
@@ -37,7 +40,8 @@ where
 {
     type Response = Outcome;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
+    // Named, not boxed: the layers above hold it whole.
+    type Future = Either<Ready<Result<Outcome, Infallible>>, Counted<S::Future>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -58,14 +62,33 @@ where
             None
         };
         if let Some(e) = refusal {
-            return Box::pin(async move { Ok(Outcome::Refused(e)) });
+            return Either::Left(ready(Ok(Outcome::Refused(e))));
         }
         let guard = state.accept();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let reply = fut.await;
-            drop(guard);
-            reply
+        Either::Right(Counted {
+            fut: self.inner.call(req),
+            guard: Some(guard),
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request drain waits for, until it is answered.
+    pub struct Counted<F> {
+        #[pin]
+        fut: F,
+        guard: Option<AcceptedGuard>,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let reply = ready!(this.fut.poll(cx));
+        // Answered: drain no longer waits for it.
+        this.guard.take();
+        Poll::Ready(reply)
     }
 }

@@ -2,15 +2,17 @@
 //! (status and body of contract section 4), and where refusals are counted.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
 use futures_util::StreamExt;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::StatusCode;
 use runtime_sdk::names::header;
-use runtime_sdk::{BoxFuture, ErrorCode, InvokeError, Output};
+use runtime_sdk::{ErrorCode, InvokeError, Output};
 use tower::{Layer, Service};
 
 use super::meta::RequestMeta;
@@ -196,58 +198,91 @@ where
 {
     type Response = HttpResponse;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+    // Named, not boxed: `trace`'s box holds it whole.
+    type Future = Responding<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
-        let state = self.state.clone();
         let meta = req.extensions().get::<Arc<RequestMeta>>().cloned();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let outcome = fut.await?;
-            // Alyx reads only the body, whatever the status (section 4).
-            if let Some(meta) = meta.as_deref() {
-                if let Some(request_id) = meta.alyx.get() {
-                    return Ok(alyx_response(&state, request_id, meta, outcome));
-                }
-            }
-            Ok(match outcome {
-                Outcome::Refused(e) => {
-                    state
-                        .metrics
-                        .rejected(&e.code.as_str().to_ascii_lowercase());
-                    tracing::info!(code = %e.code, error = %e.message, "request refused");
-                    error_response(&e)
-                }
-                Outcome::Completed { result, cold_start } => {
-                    let mut resp = match result {
-                        Ok(output) => output_response(output, stream_format(meta.as_deref())),
-                        Err(e) => {
-                            if matches!(e.code, ErrorCode::HandlerError) {
-                                tracing::warn!(code = %e.code, error = %e.message, "invocation failed");
-                            } else {
-                                tracing::info!(code = %e.code, error = %e.message, "invocation failed");
-                            }
-                            json_response(status_of_completed(&e.code), error_body(&e))
-                        }
-                    };
-                    if cold_start {
-                        let h = resp.headers_mut();
-                        h.insert(&names::COLD_START, HeaderValue::from_static("true"));
-                        let init = state.init_duration.get().copied().unwrap_or_default();
-                        h.insert(
-                            &names::INIT_DURATION_MS,
-                            HeaderValue::from(init.as_millis() as u64),
-                        );
-                    }
-                    resp
-                }
-            })
-        })
+        Responding {
+            fut: self.inner.call(req),
+            state: self.state.clone(),
+            meta,
+        }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The layers below, then their outcome as a response.
+    pub struct Responding<F> {
+        #[pin]
+        fut: F,
+        state: Arc<State>,
+        meta: Option<Arc<RequestMeta>>,
+    }
+}
+
+impl<F> Future for Responding<F>
+where
+    F: Future<Output = Result<Outcome, Infallible>>,
+{
+    type Output = Result<HttpResponse, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(outcome) = ready!(this.fut.poll(cx));
+        Poll::Ready(Ok(respond(this.state, this.meta.as_deref(), outcome)))
+    }
+}
+
+/// The one place an outcome becomes a response.
+fn respond(state: &State, meta: Option<&RequestMeta>, outcome: Outcome) -> HttpResponse {
+    // Alyx reads only the body, whatever the status (section 4).
+    if let Some(meta) = meta {
+        if let Some(request_id) = meta.alyx.get() {
+            return alyx_response(state, request_id, meta, outcome);
+        }
+    }
+    match outcome {
+        Outcome::Refused(e) => {
+            refused(state, &e);
+            error_response(&e)
+        }
+        Outcome::Completed { result, cold_start } => {
+            let mut resp = match result {
+                Ok(output) => output_response(output, stream_format(meta)),
+                Err(e) => {
+                    if matches!(e.code, ErrorCode::HandlerError) {
+                        tracing::warn!(code = %e.code, error = %e.message, "invocation failed");
+                    } else {
+                        tracing::info!(code = %e.code, error = %e.message, "invocation failed");
+                    }
+                    json_response(status_of_completed(&e.code), error_body(&e))
+                }
+            };
+            if cold_start {
+                let h = resp.headers_mut();
+                h.insert(&names::COLD_START, HeaderValue::from_static("true"));
+                let init = state.init_duration.get().copied().unwrap_or_default();
+                h.insert(
+                    &names::INIT_DURATION_MS,
+                    HeaderValue::from(init.as_millis() as u64),
+                );
+            }
+            resp
+        }
+    }
+}
+
+/// Counts and logs a request that was not taken.
+fn refused(state: &State, e: &InvokeError) {
+    state
+        .metrics
+        .rejected(&e.code.as_str().to_ascii_lowercase());
+    tracing::info!(code = %e.code, error = %e.message, "request refused");
 }
 
 /// The same outcome, with its body in Alyx's shape.
@@ -260,10 +295,7 @@ fn alyx_response(
     let took = meta.elapsed_ms();
     match outcome {
         Outcome::Refused(e) => {
-            state
-                .metrics
-                .rejected(&e.code.as_str().to_ascii_lowercase());
-            tracing::info!(code = %e.code, error = %e.message, "request refused");
+            refused(state, &e);
             let mut resp =
                 json_response(status_of(&e.code), alyx::answer(request_id, Err(&e), took));
             if e.code == ErrorCode::Overloaded {
