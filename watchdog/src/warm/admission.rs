@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use futures_util::future::{ready, Either, Ready};
 use runtime_sdk::{ErrorCode, InvokeError, SlotRelease};
@@ -104,32 +105,21 @@ impl Drop for Waiting<'_> {
 }
 
 impl Ticket {
-    /// A free slot now, if there is one and nobody waits for it; else the
-    /// ticket back, to wait with (`slot`). Lets the caller skip setting up a
-    /// timer for a wait that will not happen.
-    pub fn try_slot(self) -> Result<Slot, Ticket> {
-        match self.shared.slots.clone().try_acquire_owned() {
-            Ok(slot) => Ok(Slot::new(slot, self.place)),
-            Err(_) => Err(self),
-        }
-    }
-
-    /// Waits for a free slot, in arrival order; the caller bounds the wait
-    /// by the invocation's deadline.
-    pub async fn slot(self) -> Slot {
+    /// A slot, in arrival order, or `None` once `deadline` passes (queued time
+    /// counts against it, section 4). A free slot is taken at once, with no
+    /// timer set up.
+    pub async fn slot_until(self, deadline: Instant) -> Option<Slot> {
         let shared = self.shared.clone();
         if let Ok(slot) = shared.slots.clone().try_acquire_owned() {
-            return Slot::new(slot, self.place);
+            return Some(Slot::new(slot, self.place));
         }
         shared.metrics.queue_depth().inc();
         let _waiting = Waiting(&shared.metrics);
-        let slot = shared
-            .slots
-            .clone()
-            .acquire_owned()
+        let slot = tokio::time::timeout_at(deadline.into(), shared.slots.clone().acquire_owned())
             .await
+            .ok()?
             .expect("the slot semaphore is never closed");
-        Slot::new(slot, self.place)
+        Some(Slot::new(slot, self.place))
     }
 }
 
@@ -184,6 +174,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// Far enough that no test waits for it.
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
 
     fn ticket(layer: &AdmissionLayer) -> Ticket {
         let shared = layer.shared.clone();
@@ -197,7 +193,7 @@ mod tests {
     async fn a_slot_frees_its_running_part_early_and_its_place_at_the_end() {
         let layer = AdmissionLayer::new(1, 1, Metrics::new("echo", "FAKE"));
         let shared = layer.shared.clone();
-        let slot = ticket(&layer).slot().await;
+        let slot = ticket(&layer).slot_until(later()).await.expect("a slot");
         assert_eq!(shared.slots.available_permits(), 0);
         let release = slot.release();
         release.release();
@@ -209,7 +205,7 @@ mod tests {
         assert_eq!(shared.places.available_permits(), 2);
         // Unreleased, dropping the slot frees both, even while a runner still
         // holds the release (a call stuck past its deadline).
-        let slot = ticket(&layer).slot().await;
+        let slot = ticket(&layer).slot_until(later()).await.expect("a slot");
         let held = slot.release();
         drop(slot);
         assert_eq!(shared.slots.available_permits(), 1);
@@ -217,22 +213,26 @@ mod tests {
         drop(held);
     }
 
-    /// `try_slot` takes a free slot, gives the ticket back when there is none,
-    /// and never passes a caller already waiting in `slot`.
+    /// A free slot is taken at once; a newcomer never passes a caller already
+    /// waiting, and gives up at its deadline.
     #[tokio::test]
-    async fn try_slot_takes_a_free_slot_and_never_passes_a_waiter() {
+    async fn a_free_slot_is_taken_and_a_newcomer_never_passes_a_waiter() {
         let layer = AdmissionLayer::new(1, 2, Metrics::new("echo", "FAKE"));
-        let first = ticket(&layer).try_slot().ok().expect("a free slot");
-        let second = ticket(&layer).try_slot().err().expect("no free slot");
-        let waiting = tokio::spawn(second.slot());
+        let first = ticket(&layer).slot_until(Instant::now()).await;
+        let first = first.expect("a free slot, even with the deadline passed");
+        let waiting = tokio::spawn(ticket(&layer).slot_until(later()));
         tokio::task::yield_now().await;
         drop(first);
         // The freed slot went to the waiter, not to a newcomer.
-        let third = ticket(&layer).try_slot();
-        assert!(third.is_err(), "a newcomer passed the waiter");
-        let held = waiting.await.expect("the waiter got the slot");
-        drop(third);
+        let third = ticket(&layer)
+            .slot_until(Instant::now() + Duration::from_millis(50))
+            .await;
+        assert!(third.is_none(), "a newcomer passed the waiter");
+        let held = waiting
+            .await
+            .expect("the waiter ran")
+            .expect("the waiter got the slot");
         drop(held);
-        assert!(ticket(&layer).try_slot().is_ok());
+        assert!(ticket(&layer).slot_until(Instant::now()).await.is_some());
     }
 }

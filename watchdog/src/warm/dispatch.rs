@@ -159,15 +159,9 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
         (state.spans.as_ref()).and_then(|s| s.begin(&meta.trace, &inv, arrived, "queue"));
     let run = async {
         // Queued time counts against the deadline (section 4).
-        let slot = match ticket.try_slot() {
-            Ok(slot) => slot,
-            Err(ticket) => {
-                let Ok(slot) = tokio::time::timeout_at(deadline.into(), ticket.slot()).await else {
-                    state.metrics.timeout();
-                    return (Err(InvokeError::timeout(&inv.execution_id, budget)), None);
-                };
-                slot
-            }
+        let Some(slot) = ticket.slot_until(deadline).await else {
+            state.metrics.timeout();
+            return (Err(InvokeError::timeout(&inv.execution_id, budget)), None);
         };
         if let Some(r) = &recording {
             r.running();
