@@ -51,7 +51,7 @@ where
 {
     type Response = InvokeResult;
     type Error = Infallible;
-    // Named, not boxed: the pipeline is boxed once, at its top.
+    // Named, not boxed: whoever holds the pipeline's future holds it whole.
     type Future = Measured<S::Future>;
 
     super::always_ready!();

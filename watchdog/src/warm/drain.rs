@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use futures_util::future::{ready, Either, Ready};
+use futures_util::future::{self, Either, Ready};
 use runtime_sdk::{ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
@@ -62,7 +62,7 @@ where
             None
         };
         if let Some(e) = refusal {
-            return Either::Left(ready(Ok(Outcome::Refused(e))));
+            return Either::Left(future::ready(Ok(Outcome::Refused(e))));
         }
         let guard = state.accept();
         Either::Right(Counted {
