@@ -12,7 +12,7 @@ use runtime_sdk::{ErrorCode, InvokeError, SlotRelease};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
-use super::{HttpRequest, Outcome};
+use super::{Call, Outcome};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -46,7 +46,7 @@ impl AdmissionLayer {
 
 /// A request with its place taken; the body step reads its body next.
 pub struct Admitted {
-    pub req: HttpRequest,
+    pub call: Call,
     pub ticket: Ticket,
 }
 
@@ -139,7 +139,7 @@ pub struct Admission<S> {
     shared: Arc<Shared>,
 }
 
-impl<S> Service<HttpRequest> for Admission<S>
+impl<S> Service<Call> for Admission<S>
 where
     S: Service<Admitted, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -151,7 +151,7 @@ where
 
     crate::pipeline::always_ready!();
 
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
+    fn call(&mut self, call: Call) -> Self::Future {
         let shared = &self.shared;
         let Ok(place) = shared.places.clone().try_acquire_owned() else {
             let e = InvokeError::new(
@@ -167,7 +167,7 @@ where
             place,
             shared: shared.clone(),
         };
-        Either::Right(self.inner.call(Admitted { req, ticket }))
+        Either::Right(self.inner.call(Admitted { call, ticket }))
     }
 }
 

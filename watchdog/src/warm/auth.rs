@@ -9,7 +9,7 @@ use hyper::header::AUTHORIZATION;
 use runtime_sdk::{ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
-use super::{HttpRequest, Outcome};
+use super::{Call, Outcome};
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -74,9 +74,9 @@ fn same(given: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-impl<S> Service<HttpRequest> for Auth<S>
+impl<S> Service<Call> for Auth<S>
 where
-    S: Service<HttpRequest, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Call, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
@@ -88,10 +88,9 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
+    fn call(&mut self, call: Call) -> Self::Future {
         if let Some(expected) = &self.expected {
-            let given = req
-                .headers()
+            let given = (call.req.headers())
                 .get(AUTHORIZATION)
                 .map(|v| v.as_bytes())
                 .unwrap_or_default();
@@ -103,7 +102,7 @@ where
                 return Either::Left(ready(Ok(Outcome::Refused(e))));
             }
         }
-        Either::Right(self.inner.call(req))
+        Either::Right(self.inner.call(call))
     }
 }
 

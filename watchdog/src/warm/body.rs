@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use super::admission::{Admitted, Ticket};
 use super::meta::RequestMeta;
 use super::state::State;
-use super::{HttpRequest, Outcome};
+use super::{Call, HttpRequest, Outcome};
 
 #[derive(Clone)]
 pub struct BodyLayer(pub Arc<State>);
@@ -96,16 +96,8 @@ fn is_octet_stream(headers: &hyper::HeaderMap) -> bool {
 }
 
 impl<S> ReadBody<S> {
-    async fn accept(
-        state: &State,
-        req: HttpRequest,
-        ticket: Ticket,
-    ) -> Result<Accepted, InvokeError> {
-        let meta = req
-            .extensions()
-            .get::<Arc<RequestMeta>>()
-            .cloned()
-            .unwrap_or_default();
+    async fn accept(state: &State, call: Call, ticket: Ticket) -> Result<Accepted, InvokeError> {
+        let Call { req, meta } = call;
         if let Some(p) = &meta.problem {
             return Err(p.clone());
         }
@@ -191,7 +183,7 @@ where
         let state = self.state.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            match Self::accept(&state, admitted.req, admitted.ticket).await {
+            match Self::accept(&state, admitted.call, admitted.ticket).await {
                 Err(e) => Ok(Outcome::Refused(e)),
                 Ok(accepted) => inner.call(accepted).await,
             }

@@ -12,7 +12,7 @@ use runtime_sdk::{ErrorCode, InvokeError};
 use tower::{Layer, Service};
 
 use super::state::{AcceptedGuard, State};
-use super::{HttpRequest, Outcome};
+use super::{Call, Outcome};
 
 #[derive(Clone)]
 pub struct DrainLayer(pub Arc<State>);
@@ -33,9 +33,9 @@ pub struct Drain<S> {
     state: Arc<State>,
 }
 
-impl<S> Service<HttpRequest> for Drain<S>
+impl<S> Service<Call> for Drain<S>
 where
-    S: Service<HttpRequest, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Call, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Outcome;
@@ -47,7 +47,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
+    fn call(&mut self, call: Call) -> Self::Future {
         let state = &self.state;
         let refusal = if state.is_draining() {
             Some(InvokeError::new(
@@ -66,7 +66,7 @@ where
         }
         let guard = state.accept();
         Either::Right(Counted {
-            fut: self.inner.call(req),
+            fut: self.inner.call(call),
             guard: Some(guard),
         })
     }

@@ -29,6 +29,7 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
+use meta::RequestMeta;
 pub use state::State;
 
 use crate::callback::CallbackClient;
@@ -39,6 +40,15 @@ use crate::validate::Validator;
 
 pub type HttpRequest = hyper::Request<Body>;
 pub type HttpResponse = hyper::Response<Body>;
+
+/// A request to `/invoke` with the ids `trace` read from its headers: what
+/// the layers under `trace` take. Passed beside the request, not in its
+/// extensions, whose map costs three allocations per request.
+pub struct Call {
+    pub req: HttpRequest,
+    /// Shared with `respond`, which reads what `body` learns (Alyx's form).
+    pub meta: Arc<RequestMeta>,
+}
 
 /// What the layers under `respond` hand back to it.
 pub enum Outcome {

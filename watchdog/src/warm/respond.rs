@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 
 use super::meta::RequestMeta;
 use super::state::State;
-use super::{HttpRequest, HttpResponse, Outcome};
+use super::{Call, HttpResponse, Outcome};
 use crate::header_names as names;
 use crate::{alyx, stream};
 
@@ -82,10 +82,11 @@ const NOT_FROM_FUNCTIONS: [&str; 11] = [
 ];
 
 /// Server-sent events when the request accepts them, else NDJSON.
-fn stream_format(meta: Option<&RequestMeta>) -> stream::Format {
-    match meta {
-        Some(m) if m.accepts_event_stream => stream::Format::Sse,
-        _ => stream::Format::Ndjson,
+fn stream_format(meta: &RequestMeta) -> stream::Format {
+    if meta.accepts_event_stream {
+        stream::Format::Sse
+    } else {
+        stream::Format::Ndjson
     }
 }
 
@@ -191,9 +192,9 @@ pub struct Respond<S> {
     state: Arc<State>,
 }
 
-impl<S> Service<HttpRequest> for Respond<S>
+impl<S> Service<Call> for Respond<S>
 where
-    S: Service<HttpRequest, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Call, Response = Outcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = HttpResponse;
@@ -205,10 +206,10 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
-        let meta = req.extensions().get::<Arc<RequestMeta>>().cloned();
+    fn call(&mut self, call: Call) -> Self::Future {
+        let meta = call.meta.clone();
         Responding {
-            fut: self.inner.call(req),
+            fut: self.inner.call(call),
             state: self.state.clone(),
             meta,
         }
@@ -221,7 +222,7 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         state: Arc<State>,
-        meta: Option<Arc<RequestMeta>>,
+        meta: Arc<RequestMeta>,
     }
 }
 
@@ -234,17 +235,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(outcome) = ready!(this.fut.poll(cx));
-        Poll::Ready(Ok(respond(this.state, this.meta.as_deref(), outcome)))
+        Poll::Ready(Ok(respond(this.state, this.meta, outcome)))
     }
 }
 
 /// The one place an outcome becomes a response.
-fn respond(state: &State, meta: Option<&RequestMeta>, outcome: Outcome) -> HttpResponse {
+fn respond(state: &State, meta: &RequestMeta, outcome: Outcome) -> HttpResponse {
     // Alyx reads only the body, whatever the status (section 4).
-    if let Some(meta) = meta {
-        if let Some(request_id) = meta.alyx.get() {
-            return alyx_response(state, request_id, meta, outcome);
-        }
+    if let Some(request_id) = meta.alyx.get() {
+        return alyx_response(state, request_id, meta, outcome);
     }
     match outcome {
         Outcome::Refused(e) => {

@@ -2,16 +2,19 @@
 //! span, and sets `X-Execution-Id` on every response, rejections included.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
+use futures_util::future::Either;
 use hyper::header::HeaderValue;
 use tower::{Layer, Service};
-use tracing::Instrument;
+use tracing::instrument::{Instrument, Instrumented};
 
 use super::meta::RequestMeta;
 use super::state::State;
-use super::{HttpRequest, HttpResponse};
+use super::{Call, HttpRequest, HttpResponse};
 use axum::body::Body;
 use http_body_util::{BodyExt, Limited};
 use runtime_sdk::{BoxFuture, ErrorCode, InvokeError};
@@ -40,12 +43,13 @@ pub struct Trace<S> {
 
 impl<S> Service<HttpRequest> for Trace<S>
 where
-    S: Service<HttpRequest, Response = HttpResponse, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Call, Response = HttpResponse, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = HttpResponse;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+    // Named for every request; boxed only when the body is probed first.
+    type Future = Either<Traced<S::Future>, BoxFuture<'static, Result<HttpResponse, Infallible>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Every service of this stack is always ready: load is shed by the
@@ -59,33 +63,60 @@ where
             self.state.config.execution_id.as_deref(),
             self.state.spans.as_ref(),
         );
-        let inner = self.inner.clone();
-        let state = self.state.clone();
-        Box::pin(async move {
-            let mut req = req;
-            if !meta.id_from_header && small_post(&req) {
-                // Boxed, as it is rare: it would make every request's future larger.
-                req = match Box::pin(probe_alyx(req, &mut meta, state.timeout)).await {
-                    Ok(req) => req,
-                    Err(e) => return Ok(super::respond::error_response(&e)),
-                };
+        if meta.id_from_header || !small_post(&req) {
+            return Either::Left(traced(&mut self.inner, req, meta));
+        }
+        let mut inner = self.inner.clone();
+        let timeout = self.state.timeout;
+        Either::Right(Box::pin(async move {
+            match probe_alyx(req, &mut meta, timeout).await {
+                Ok(req) => traced(&mut inner, req, meta).await,
+                Err(e) => Ok(super::respond::error_response(&e)),
             }
-            let span = crate::logging::invocation_span(
-                meta.execution_id.as_deref().unwrap_or(""),
-                meta.trace_id.as_deref(),
-            );
-            let id = meta
-                .execution_id
-                .as_deref()
-                .and_then(|id| HeaderValue::from_str(id).ok());
-            req.extensions_mut().insert(Arc::new(meta));
-            let mut inner = inner;
-            let mut resp = inner.call(req).instrument(span).await?;
-            if let Some(id) = id {
-                resp.headers_mut().insert(&names::EXECUTION_ID, id);
-            }
-            Ok(resp)
-        })
+        }))
+    }
+}
+
+/// Calls the layers below inside the invocation's span.
+fn traced<S>(inner: &mut S, req: HttpRequest, meta: RequestMeta) -> Traced<S::Future>
+where
+    S: Service<Call, Response = HttpResponse, Error = Infallible>,
+{
+    let span = crate::logging::invocation_span(
+        meta.execution_id.as_deref().unwrap_or(""),
+        meta.trace_id.as_deref(),
+    );
+    let id = (meta.execution_id.as_deref()).and_then(|id| HeaderValue::from_str(id).ok());
+    let meta = Arc::new(meta);
+    Traced {
+        fut: inner.call(Call { req, meta }).instrument(span),
+        id,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The layers below in the invocation's span, then `X-Execution-Id` on
+    /// their response.
+    pub struct Traced<F> {
+        #[pin]
+        fut: Instrumented<F>,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F> Future for Traced<F>
+where
+    F: Future<Output = Result<HttpResponse, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let Ok(mut resp) = ready!(this.fut.poll(cx));
+        if let Some(id) = this.id.take() {
+            resp.headers_mut().insert(&names::EXECUTION_ID, id);
+        }
+        Poll::Ready(Ok(resp))
     }
 }
 
