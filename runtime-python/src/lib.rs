@@ -92,6 +92,18 @@ impl PythonHandler {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Whether invocations may run: the handler is loaded.
+    fn loaded(&self) -> Result<(), InvokeError> {
+        match &*self.state() {
+            State::Ready => Ok(()),
+            State::Failed(e) => Err(e.clone()),
+            State::NotStarted | State::Loading => Err(InvokeError::new(
+                ErrorCode::NotReady,
+                "the Python handler is not loaded yet",
+            )),
+        }
+    }
 }
 
 impl Handler for PythonHandler {
@@ -126,18 +138,18 @@ impl Handler for PythonHandler {
         })
     }
 
+    // The same body twice, each written in its box: a shared async fn's future
+    // would be built apart and copied in (about 500 instructions a call).
     fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult> {
         Box::pin(async move {
-            match &*self.state() {
-                State::Ready => {}
-                State::Failed(e) => return Err(e.clone()),
-                State::NotStarted | State::Loading => {
-                    return Err(InvokeError::new(
-                        ErrorCode::NotReady,
-                        "the Python handler is not loaded yet",
-                    ))
-                }
-            }
+            self.loaded()?;
+            self.pool.invoke(inv).await
+        })
+    }
+
+    fn invoke_shared(self: Arc<Self>, inv: Invocation) -> BoxFuture<'static, InvokeResult> {
+        Box::pin(async move {
+            self.loaded()?;
             self.pool.invoke(inv).await
         })
     }

@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::{Invocation, InvokeError, InvokeResult};
 
@@ -37,6 +38,13 @@ pub trait Handler: Send + Sync + 'static {
     /// dropping it must stop the work, and a runner keeps only the timers
     /// that must act on a process or a thread.
     fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult>;
+
+    /// `invoke` on a shared handler, with a future that holds its own handle:
+    /// what the watchdog's pipeline calls. The default boxes `invoke`'s future
+    /// once more; a runner on the hot path returns one box of its own.
+    fn invoke_shared(self: Arc<Self>, inv: Invocation) -> BoxFuture<'static, InvokeResult> {
+        Box::pin(async move { self.invoke(inv).await })
+    }
 
     /// Whether invocations should carry the HTTP request's method, path and
     /// headers (`Invocation::request`); copying them costs, so only a runner

@@ -24,6 +24,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::{FutureExt, Map};
 use runtime_sdk::{BoxFuture, Handler, Invocation, InvokeResult};
 use tower::{Service, ServiceBuilder};
 
@@ -58,15 +59,16 @@ pub struct Run(pub Arc<dyn Handler>);
 impl Service<Invocation> for Run {
     type Response = InvokeResult;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<InvokeResult, Infallible>>;
+    // The runner's one box, no second one of our own.
+    type Future =
+        Map<BoxFuture<'static, InvokeResult>, fn(InvokeResult) -> Result<InvokeResult, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
-        let handler = self.0.clone();
-        Box::pin(async move { Ok(handler.invoke(inv).await) })
+        self.0.clone().invoke_shared(inv).map(Ok)
     }
 }
 
