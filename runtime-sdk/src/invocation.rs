@@ -20,10 +20,8 @@ pub struct Invocation {
     pub attempt: Option<u32>,
     pub idempotency_key: Option<String>,
     /// When the invocation must have ended; queued time counts against it.
+    /// [`Invocation::deadline_unix_ms`] gives it as wall-clock time.
     pub deadline: Instant,
-    /// The deadline as Unix milliseconds, for runners that hand it to another
-    /// process (the `LOOP` protocol, Python's `context.deadline_ms`).
-    pub deadline_unix_ms: u64,
     /// True for the first invocation after start-up.
     pub cold_start: bool,
     pub function_name: String,
@@ -99,7 +97,6 @@ impl Invocation {
             attempt: None,
             idempotency_key: None,
             deadline,
-            deadline_unix_ms: unix_ms_in(deadline.saturating_duration_since(Instant::now())),
             cold_start: false,
             function_name: String::new(),
             payload: payload.into(),
@@ -114,7 +111,6 @@ impl Invocation {
     /// the clock starts once the function is ready, section 5).
     pub fn restart_deadline(&mut self, timeout: Duration) {
         self.deadline = Instant::now() + timeout;
-        self.deadline_unix_ms = unix_ms_in(timeout);
         self.budget = timeout;
     }
 
@@ -123,9 +119,15 @@ impl Invocation {
         let candidate = Instant::now() + timeout;
         if candidate < self.deadline {
             self.deadline = candidate;
-            self.deadline_unix_ms = unix_ms_in(timeout);
             self.budget = timeout;
         }
+    }
+
+    /// The deadline as Unix milliseconds, for runners that hand it to another
+    /// process (the `LOOP` protocol, Python's `context.deadline_ms`). Read from
+    /// the clocks when asked, not kept: most invocations are never asked.
+    pub fn deadline_unix_ms(&self) -> u64 {
+        unix_ms_in(self.deadline.saturating_duration_since(Instant::now()))
     }
 
     /// The time this invocation was given when its deadline was set.

@@ -787,7 +787,7 @@ impl Pool {
             inv.trace_id.as_deref(),
             inv.attempt.unwrap_or(1),
             function_name,
-            inv.deadline_unix_ms,
+            inv.deadline_unix_ms(),
             inv.cold_start,
             request,
             inv.traceparent.as_deref(),

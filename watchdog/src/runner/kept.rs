@@ -194,7 +194,7 @@ fn request_line(inv: &Invocation) -> Vec<u8> {
         b => b,
     }));
     line.extend_from_slice(b",\"deadline_ms\":");
-    line.extend_from_slice(inv.deadline_unix_ms.to_string().as_bytes());
+    line.extend_from_slice(inv.deadline_unix_ms().to_string().as_bytes());
     line.extend_from_slice(b",\"trace_id\":");
     serde_json::to_writer(&mut line, &inv.trace_id).expect("an Option<String> serialises");
     line.extend_from_slice(b"}\n");

@@ -4,8 +4,10 @@
 //! invocation is accepted: it will get exactly one result (section 10).
 
 use std::convert::Infallible;
+use std::future::{self, Future};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use http_body_util::BodyExt;
@@ -124,16 +126,21 @@ impl<S> ReadBody<S> {
             })
         });
         // The body must be in by the deadline too: a client that trickles it
-        // cannot hold its place for longer than the invocation could run.
-        let bytes =
-            tokio::time::timeout_at(deadline.into(), read(req, state.config.max_body_bytes))
+        // cannot hold its place for longer than the invocation could run. Most
+        // bodies came with their headers and are read at once, with no timer.
+        let read = read(req, state.config.max_body_bytes);
+        tokio::pin!(read);
+        let bytes = match future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+            Poll::Ready(read) => read?,
+            Poll::Pending => tokio::time::timeout_at(deadline.into(), read)
                 .await
                 .map_err(|_| {
                     invalid(format!(
                         "the request body did not arrive within the invocation's {} ms deadline",
                         budget.as_millis()
                     ))
-                })??;
+                })??,
+        };
         // A bigger body in Alyx's form than the early probe reads is
         // recognised here: its `request_id` is the execution id (section 4).
         if !meta.id_from_header && meta.alyx.get().is_none() {
