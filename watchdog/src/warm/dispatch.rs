@@ -20,7 +20,7 @@ use runtime_sdk::{
     Body, BoxFuture, ChunkStream, ErrorCode, InvokeError, InvokeResult, Json, Output,
 };
 use tokio::sync::{mpsc, oneshot};
-use tower::{Service, ServiceExt};
+use tower::Service;
 use tracing::Instrument;
 
 use super::body::Accepted;
@@ -153,7 +153,6 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
     let target =
         callback_target(&state, &meta, &inv.execution_id).map(|url| (url, callback::Ids::of(&inv)));
     let (deadline, budget) = (inv.deadline, inv.budget());
-    let pipeline = state.pipeline.clone();
     let arrived = meta.arrived.unwrap_or_else(std::time::Instant::now);
     let recording =
         (state.spans.as_ref()).and_then(|s| s.begin(&meta.trace, &inv, arrived, "queue"));
@@ -167,7 +166,10 @@ async fn execute(state: Arc<State>, accepted: Accepted, mut reply: oneshot::Send
             r.running();
         }
         inv.slot = slot.release();
-        let result = match pipeline.oneshot(inv).await {
+        // Every layer of the pipeline is always ready (`always_ready!`): it is
+        // called at once, not through `oneshot`, whose state would hold the
+        // stack and the invocation side by side.
+        let result = match state.pipeline.clone().call(inv).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
