@@ -12,7 +12,7 @@ use runtime_sdk::{ErrorCode, InvokeError};
 use crate::otel::Spans;
 use crate::tracecontext::TraceContext;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct RequestMeta {
     /// `X-Execution-Id`, else the `EXECUTION_ID` fallback.
     pub execution_id: Option<String>,
