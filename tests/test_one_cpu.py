@@ -24,10 +24,12 @@ def one_cpu(**kw):
 
 
 def until_in_lane(w):
-    """Calls a quick handler until one runs on a tokio worker (the lane; a fresh
-    handler's calls may first take longer than the lane's bound in a debug build)."""
+    """Calls a quick handler until one runs on a tokio worker (the lane). The lane
+    opens once the moving average of recent calls is under its bound (250 µs); after
+    a slow call, and in a debug build whose thread calls take close to that bound,
+    that took from 45 to 260 calls here (eight runs), so the bound is generous."""
     names = []
-    for _ in range(300):
+    for _ in range(2000):
         r = w.post(json={"fn": "thread_name"})
         assert r.status_code == 200, r.text
         names.append(r.json())
