@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use pyo3::{ffi, intern};
-use runtime_sdk::{ErrorCode, Invocation, InvokeError, InvokeResult, Json, Output, Payload};
+use runtime_sdk::{
+    ErrorCode, Invocation, InvokeError, InvokeResult, Json, Output, Payload, SlotRelease,
+};
 use tokio::sync::oneshot;
 
 mod lane;
@@ -465,16 +467,15 @@ impl Pool {
             slot.attach_here(py);
             // The last job's answer, sent once the GIL is released: the caller's next job
             // may go to another thread, which then finds the GIL free instead of waking
-            // up only to wait for this one to let go of it.
-            let mut answer: Option<Answer> = None;
+            // up only to wait for this one to let go of it. With it, the call's running
+            // slot, freed as the answer goes (see `send_answer`).
+            let mut answer: Option<(Answer, SlotRelease)> = None;
             // This thread's copy of the handler (see `Current`); dropped with the GIL.
             let mut held: Held = None;
             loop {
                 // Detached while waiting, so an idle thread never holds the GIL.
                 let job = py.detach(|| {
-                    if let Some((reply, result)) = answer.take() {
-                        let _ = reply.send(result);
-                    }
+                    send_answer(answer.take());
                     self.queue.pop()
                 });
                 let Some(job) = job else { break };
@@ -489,7 +490,10 @@ impl Pool {
                         let _ = reply.send(self.load(py, true));
                         None
                     }
-                    Job::Invoke(call) => self.run(py, slot, call, &mut held),
+                    Job::Invoke(call) => {
+                        let running = call.inv.slot.clone();
+                        self.run(py, slot, call, &mut held).map(|a| (a, running))
+                    }
                     Job::Hold(lane, seq) => {
                         py.detach(|| lane::hold(&lane, seq));
                         None
@@ -508,9 +512,7 @@ impl Pool {
                 }
                 if slot.abandoned.load(Ordering::Acquire) {
                     // A fresh thread serves in this one's place: leave.
-                    if let Some((reply, result)) = answer.take() {
-                        let _ = reply.send(result);
-                    }
+                    send_answer(answer.take());
                     self.unlist_abandoned(slot);
                     tracing::warn!(thread = %slot.name, "a stuck Python thread returned at last and exits");
                     break;
@@ -886,6 +888,17 @@ impl Pool {
             .iter()
             .find(|s| lock(&s.running).as_ref().is_some_and(|r| r.seq == seq))
             .cloned()
+    }
+}
+
+/// Sends a thread's answer. The function has returned, so its running slot goes to
+/// the next call in line first: that call's task is then woken with the caller's, and
+/// its job reaches the threads without waiting for the caller's task to run and free
+/// the slot (as the lane does; about 5% more calls of a 1 ms handler, bench/PROFILING.md).
+fn send_answer(answer: Option<(Answer, SlotRelease)>) {
+    if let Some(((reply, result), running)) = answer {
+        running.release();
+        let _ = reply.send(result);
     }
 }
 
