@@ -16,7 +16,7 @@ pub(crate) fn handler_error(
     stopped_by_deadline: bool,
 ) -> InvokeError {
     let (code, message) = describe(py, rt, err);
-    let execution_id = inv.execution_id.as_str();
+    let execution_id = &*inv.execution_id;
     let trace_id = inv.trace_id.as_deref();
     let code = match code {
         Some(code) => {

@@ -8,6 +8,7 @@
 //! `function`, the same target the process runners use for their children's output.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -16,7 +17,7 @@ use pyo3::types::PyString;
 pub const TARGET: &str = "function";
 
 struct Ids {
-    execution_id: String,
+    execution_id: Arc<str>,
     trace_id: Option<String>,
 }
 
@@ -55,10 +56,10 @@ impl Stream {
 }
 
 /// Marks this thread as running an invocation, until [`end_call`].
-pub(crate) fn begin_call(execution_id: &str, trace_id: Option<&str>) {
+pub(crate) fn begin_call(execution_id: &Arc<str>, trace_id: Option<&str>) {
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Ids {
-            execution_id: execution_id.to_owned(),
+            execution_id: Arc::clone(execution_id),
             trace_id: trace_id.map(str::to_owned),
         })
     });
@@ -101,7 +102,7 @@ pub(crate) fn write(stream: Stream, text: &str) {
 fn emit_line(stream: Stream, line: &str) {
     CURRENT.with(|c| {
         let c = c.borrow();
-        let execution_id = c.as_ref().map(|i| i.execution_id.as_str());
+        let execution_id = c.as_ref().map(|i| &*i.execution_id);
         let trace_id = c.as_ref().and_then(|i| i.trace_id.as_deref());
         tracing::info!(target: TARGET, execution_id, trace_id, stream = stream.name(), "{line}");
     });
@@ -122,7 +123,7 @@ pub(crate) fn record(
         let (execution_id, trace_id) = match execution_id {
             Some(id) => (Some(id), trace_id),
             None => (
-                c.as_ref().map(|i| i.execution_id.as_str()),
+                c.as_ref().map(|i| &*i.execution_id),
                 c.as_ref().and_then(|i| i.trace_id.as_deref()),
             ),
         };
@@ -232,7 +233,7 @@ mod tests {
     #[test]
     fn writes_become_one_event_per_line_with_the_ids() {
         let lines = logged(|| {
-            begin_call("e1", Some("t1"));
+            begin_call(&"e1".into(), Some("t1"));
             write(Stream::Stdout, "partial ");
             write(Stream::Stdout, "line\nsecond\r\nthi");
             write(Stream::Stderr, "err\n");
@@ -271,7 +272,7 @@ mod tests {
     #[test]
     fn empty_lines_are_kept_and_records_map_levels() {
         let lines = logged(|| {
-            begin_call("e2", None);
+            begin_call(&"e2".into(), None);
             write(Stream::Stdout, "\n\nx\n");
             record(40, "app", "bad", None, None);
             record(30, "app", "careful", Some("other"), Some("t9"));

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Payload;
@@ -7,7 +8,9 @@ use crate::Payload;
 /// with it (section 4 headers, section 9 context).
 #[derive(Debug, Clone)]
 pub struct Invocation {
-    pub execution_id: String,
+    /// Shared, not copied: the deadline, the runner and its logs each keep it
+    /// for the length of the call.
+    pub execution_id: Arc<str>,
     pub trace_id: Option<String>,
     /// The W3C `traceparent` the function sees (children's `TRACEPARENT`,
     /// an `HTTP` runtime's header, Python's `context.traceparent`): the
@@ -74,7 +77,7 @@ impl std::fmt::Debug for SlotRelease {
 impl Invocation {
     /// A new invocation whose deadline is `timeout` from now.
     pub fn new(
-        execution_id: impl Into<String>,
+        execution_id: impl Into<Arc<str>>,
         payload: impl Into<Payload>,
         timeout: Duration,
     ) -> Self {
@@ -84,7 +87,7 @@ impl Invocation {
     /// A new invocation due at `deadline`, given as `budget` when it was set
     /// (warm: at the request's arrival, so queued time counts).
     pub fn with_deadline(
-        execution_id: impl Into<String>,
+        execution_id: impl Into<Arc<str>>,
         payload: impl Into<Payload>,
         deadline: Instant,
         budget: Duration,

@@ -60,7 +60,7 @@ pub struct Ids {
 impl Ids {
     pub fn of(inv: &Invocation) -> Self {
         Ids {
-            execution_id: inv.execution_id.clone(),
+            execution_id: inv.execution_id.to_string(),
             trace_id: inv.trace_id.clone(),
             attempt: inv.attempt,
             idempotency_key: inv.idempotency_key.clone(),

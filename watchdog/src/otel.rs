@@ -183,7 +183,7 @@ impl Spans {
                 .as_deref()
                 .and_then(|s| s.parse::<TraceState>().ok())
                 .unwrap_or_default(),
-            execution_id: inv.execution_id.clone(),
+            execution_id: inv.execution_id.to_string(),
             cold_start: inv.cold_start,
             clock: (now, SystemTime::now()),
             started,

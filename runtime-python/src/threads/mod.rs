@@ -172,7 +172,7 @@ impl Slot {
 
 struct Running {
     seq: u64,
-    execution_id: String,
+    execution_id: Arc<str>,
     deadline: Instant,
     is_async: bool,
     /// Set by the deadline thread; the worker then clears any exception still pending.
@@ -445,7 +445,7 @@ impl Pool {
         };
         let wait = self.cfg.kill_grace.max(Duration::from_millis(500));
         if tokio::time::timeout(wait, exited.recv()).await.is_err() {
-            let busy: Vec<String> = lock(&self.slots)
+            let busy: Vec<Arc<str>> = lock(&self.slots)
                 .iter()
                 .filter_map(|s| lock(&s.running).as_ref().map(|r| r.execution_id.clone()))
                 .collect();
@@ -785,7 +785,7 @@ impl Pool {
             None => py.None().into_bound(py),
         };
         loaded.rt.context.bind(py).call1((
-            inv.execution_id.as_str(),
+            &*inv.execution_id,
             inv.trace_id.as_deref(),
             inv.attempt.unwrap_or(1),
             function_name,
@@ -800,7 +800,7 @@ impl Pool {
 
     /// Stops invocation `seq` once its deadline has come, on a thread of its own: it
     /// needs the GIL, which a tokio worker must never wait for.
-    fn interrupt_later(self: &Arc<Pool>, seq: u64, execution_id: String, deadline: Instant) {
+    fn interrupt_later(self: &Arc<Pool>, seq: u64, execution_id: Arc<str>, deadline: Instant) {
         let pool = Arc::clone(self);
         let spawned = thread::Builder::new()
             .name("ember-py-deadline".into())
@@ -1158,7 +1158,7 @@ impl Drop for Busy<'_> {
 struct Pending<'a> {
     pool: &'a Arc<Pool>,
     seq: u64,
-    execution_id: String,
+    execution_id: Arc<str>,
     deadline: Instant,
     answer: Option<oneshot::Receiver<InvokeResult>>,
 }

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -73,7 +74,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Timeout<F>,
         metrics: Metrics,
-        execution_id: String,
+        execution_id: Arc<str>,
         budget: Duration,
     }
 }

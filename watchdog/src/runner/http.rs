@@ -229,12 +229,12 @@ impl HttpRunner {
                 }),
             );
         let forwarded = [
-            (header::EXECUTION_ID, Some(&inv.execution_id)),
-            (header::TRACE_ID, inv.trace_id.as_ref()),
+            (header::EXECUTION_ID, Some(&*inv.execution_id)),
+            (header::TRACE_ID, inv.trace_id.as_deref()),
             // The watchdog's span as parent when it records one.
-            (header::TRACEPARENT, inv.traceparent.as_ref()),
-            (header::TRACESTATE, inv.tracestate.as_ref()),
-            (header::IDEMPOTENCY_KEY, inv.idempotency_key.as_ref()),
+            (header::TRACEPARENT, inv.traceparent.as_deref()),
+            (header::TRACESTATE, inv.tracestate.as_deref()),
+            (header::IDEMPOTENCY_KEY, inv.idempotency_key.as_deref()),
         ];
         for (name, value) in forwarded {
             if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {

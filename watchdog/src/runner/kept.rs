@@ -184,7 +184,7 @@ fn request_line(inv: &Invocation) -> Vec<u8> {
     let payload = inv.payload.as_bytes();
     let mut line = Vec::with_capacity(payload.len() + inv.execution_id.len() + 96);
     line.extend_from_slice(b"{\"id\":");
-    serde_json::to_writer(&mut line, &inv.execution_id).expect("a str serialises");
+    serde_json::to_writer(&mut line, &*inv.execution_id).expect("a str serialises");
     line.extend_from_slice(b",\"payload\":");
     // A raw newline in valid JSON can only be white space between tokens
     // (inside strings it must be escaped), so it becomes a space: the
@@ -276,7 +276,7 @@ impl LoopRunner {
         let budget = inv.remaining();
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            id: inv.execution_id.clone(),
+            id: inv.execution_id.to_string(),
             line: request_line(&inv),
             deadline: inv.deadline,
             budget,

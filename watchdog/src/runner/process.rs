@@ -36,7 +36,7 @@ pub fn command(cfg: &ProcessConfig, inv: Option<&Invocation>) -> Command {
         cmd.env_remove(secret);
     }
     if let Some(inv) = inv {
-        cmd.env(names::EXECUTION_ID, &inv.execution_id);
+        cmd.env(names::EXECUTION_ID, &*inv.execution_id);
         // The invocation's own, never one the watchdog inherited.
         for (name, value) in [
             (names::TRACE_ID, &inv.trace_id),

@@ -49,7 +49,7 @@ impl Framing {
 pub struct Limits {
     pub max_output: usize,
     pub deadline: Instant,
-    pub execution_id: String,
+    pub execution_id: std::sync::Arc<str>,
     pub budget: Duration,
 }
 

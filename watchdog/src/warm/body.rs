@@ -145,7 +145,7 @@ impl<S> ReadBody<S> {
         // recognised here: its `request_id` is the execution id (section 4).
         if !meta.id_from_header && meta.alyx.get().is_none() {
             if let Some(request_id) = crate::alyx::invoke_request_id(&bytes) {
-                let _ = meta.alyx.set(request_id);
+                let _ = meta.alyx.set(request_id.into());
             }
         }
         let Some(execution_id) = meta.alyx.get().or(meta.execution_id.as_ref()).cloned() else {

@@ -1,7 +1,7 @@
 //! The section-4 request headers, read once per request by the trace layer
 //! and handed down in the request's extensions.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hyper::header::HeaderValue;
@@ -15,7 +15,7 @@ use crate::tracecontext::TraceContext;
 #[derive(Debug)]
 pub struct RequestMeta {
     /// `X-Execution-Id`, else the `EXECUTION_ID` fallback.
-    pub execution_id: Option<String>,
+    pub execution_id: Option<Arc<str>>,
     /// `X-Trace-Id`, else the W3C trace id.
     pub trace_id: Option<String>,
     /// `traceparent`/`tracestate`, and the watchdog's span when recorded.
@@ -36,15 +36,18 @@ pub struct RequestMeta {
     pub id_from_header: bool,
     /// Set when the request is in Alyx's form (section 4): its
     /// `request_id`; the answer is then written in Alyx's shape.
-    pub alyx: OnceLock<String>,
+    pub alyx: OnceLock<Arc<str>>,
 }
 
 fn text(value: Option<&HeaderValue>) -> Option<String> {
+    trimmed(value).map(str::to_owned)
+}
+
+fn trimmed(value: Option<&HeaderValue>) -> Option<&str> {
     value
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .map(str::to_owned)
 }
 
 /// The first value of each section-4 header, found in one pass over the
@@ -98,6 +101,7 @@ impl RequestMeta {
     /// Takes the Alyx form: `request_id` becomes the execution id, before
     /// the `EXECUTION_ID` fallback.
     pub fn take_alyx_form(&mut self, request_id: String) {
+        let request_id = Arc::<str>::from(request_id);
         self.execution_id = Some(request_id.clone());
         let _ = self.alyx.set(request_id);
     }
@@ -135,7 +139,7 @@ impl RequestMeta {
         let attempt = positive(header::DISPATCH_ATTEMPT, found.attempt)
             .map(|n| n.min(u32::MAX as u64) as u32);
         let timeout_ms = positive(header::TIMEOUT_MS, found.timeout_ms);
-        let from_header = text(found.execution_id);
+        let from_header = trimmed(found.execution_id).map(Arc::from);
         let mut trace = if found.trace_context {
             TraceContext::from_headers(headers)
         } else {
@@ -151,7 +155,7 @@ impl RequestMeta {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("text/event-stream")),
             alyx: OnceLock::new(),
-            execution_id: from_header.or_else(|| fallback_id.map(str::to_owned)),
+            execution_id: from_header.or_else(|| fallback_id.map(Arc::from)),
             // X-Trace-Id keeps winning for logs and the callback.
             trace_id: text(found.trace_id).or_else(|| trace.trace_id()),
             trace,
