@@ -11,7 +11,7 @@ use std::task::Poll;
 
 use bytes::BytesMut;
 use http_body_util::BodyExt;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::body::Body as _;
 use runtime_sdk::{BoxFuture, ErrorCode, Invocation, InvokeError, Json, Payload, RequestInfo};
 use tower::{Layer, Service};
 
@@ -60,11 +60,8 @@ fn invalid(message: String) -> InvokeError {
 /// The body, at most `limit` bytes, in one buffer sized from
 /// `Content-Length` when there is one (no second copy to join frames).
 async fn read(req: HttpRequest, limit: usize) -> Result<bytes::Bytes, InvokeError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    // `Content-Length`, as hyper parsed it: no second look-up of the header.
+    let declared = (req.body().size_hint().exact()).and_then(|n| usize::try_from(n).ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
@@ -82,21 +79,6 @@ async fn read(req: HttpRequest, limit: usize) -> Result<bytes::Bytes, InvokeErro
     Ok(buf.freeze())
 }
 
-/// `Content-Type: application/octet-stream`, parameters and case aside.
-fn is_octet_stream(headers: &hyper::HeaderMap) -> bool {
-    // On the bytes: every request asks, and the type is ASCII.
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
-        let essence = v
-            .as_bytes()
-            .split(|b| *b == b';')
-            .next()
-            .unwrap_or_default();
-        essence
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"application/octet-stream")
-    })
-}
-
 impl<S> ReadBody<S> {
     async fn accept(state: &State, call: Call, ticket: Ticket) -> Result<Accepted, InvokeError> {
         let Call { req, meta } = call;
@@ -104,7 +86,7 @@ impl<S> ReadBody<S> {
             return Err(p.clone());
         }
         let (deadline, budget) = meta.deadline(state.timeout);
-        let binary = is_octet_stream(req.headers());
+        let binary = meta.octet_stream;
         // Copied only for a handler that looks at it (Python's context.request).
         let request = state.handler.wants_request_info().then(|| {
             Arc::new(RequestInfo {
@@ -195,37 +177,5 @@ where
                 Ok(accepted) => inner.call(accepted).await,
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn typed(value: &'static str) -> hyper::HeaderMap {
-        let mut headers = hyper::HeaderMap::new();
-        headers.insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(value));
-        headers
-    }
-
-    #[test]
-    fn octet_stream_is_told_by_its_essence() {
-        for binary in [
-            "application/octet-stream",
-            "Application/Octet-Stream",
-            " application/octet-stream ; name=x",
-            "application/octet-stream;",
-        ] {
-            assert!(is_octet_stream(&typed(binary)), "{binary}");
-        }
-        for other in [
-            "application/json",
-            "application/octet-streams",
-            "text/plain; application/octet-stream",
-            "",
-        ] {
-            assert!(!is_octet_stream(&typed(other)), "{other}");
-        }
-        assert!(!is_octet_stream(&hyper::HeaderMap::new()));
     }
 }

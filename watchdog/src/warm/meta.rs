@@ -1,5 +1,5 @@
-//! The section-4 request headers, read once per request by the trace layer
-//! and handed down in the request's extensions.
+//! The section-4 request headers (and `Content-Type`), read once per request
+//! by the trace layer and handed down beside the request (`Call`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -32,6 +32,9 @@ pub struct RequestMeta {
     pub arrived: Option<Instant>,
     /// `Accept: text/event-stream`: a streamed answer is written as SSE.
     pub accepts_event_stream: bool,
+    /// `Content-Type: application/octet-stream`: the payload is raw bytes
+    /// (section 3).
+    pub octet_stream: bool,
     /// Whether `execution_id` came from `X-Execution-Id`.
     pub id_from_header: bool,
     /// Set when the request is in Alyx's form (section 4): its
@@ -50,6 +53,21 @@ fn trimmed(value: Option<&HeaderValue>) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
+/// `Content-Type: application/octet-stream`, parameters and case aside.
+fn is_octet_stream(content_type: Option<&HeaderValue>) -> bool {
+    // On the bytes: every request asks, and the type is ASCII.
+    content_type.is_some_and(|v| {
+        let essence = v
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"application/octet-stream")
+    })
+}
+
 /// The first value of each section-4 header, found in one pass over the
 /// request's few headers: a look-up by name hashes the name and probes the
 /// map, and ten of them were about 3% of a warm request's instructions.
@@ -62,6 +80,7 @@ struct Found<'a> {
     idempotency_key: Option<&'a HeaderValue>,
     callback_url: Option<&'a HeaderValue>,
     accept: Option<&'a HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
     /// `traceparent` or `tracestate`, which `TraceContext` reads itself.
     trace_context: bool,
 }
@@ -78,6 +97,7 @@ impl<'a> Found<'a> {
                 header::IDEMPOTENCY_KEY => &mut found.idempotency_key,
                 header::CALLBACK_URL => &mut found.callback_url,
                 "accept" => &mut found.accept,
+                "content-type" => &mut found.content_type,
                 header::TRACEPARENT | header::TRACESTATE => {
                     found.trace_context = true;
                     continue;
@@ -154,6 +174,7 @@ impl RequestMeta {
                 .accept
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("text/event-stream")),
+            octet_stream: is_octet_stream(found.content_type),
             alyx: OnceLock::new(),
             execution_id: from_header.or_else(|| fallback_id.map(Arc::from)),
             // X-Trace-Id keeps winning for logs and the callback.
@@ -189,6 +210,36 @@ mod tests {
                 .as_deref(),
             Some("hdr")
         );
+    }
+
+    /// Raw bytes only for `application/octet-stream`, told by its essence:
+    /// case and parameters aside (section 3).
+    #[test]
+    fn octet_stream_is_told_by_its_essence() {
+        let binary = |value: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert("content-type", v.parse().unwrap());
+            }
+            RequestMeta::read(&h, Some("env"), None).octet_stream
+        };
+        for yes in [
+            "application/octet-stream",
+            "Application/Octet-Stream",
+            " application/octet-stream ; name=x",
+            "application/octet-stream;",
+        ] {
+            assert!(binary(Some(yes)), "{yes}");
+        }
+        for no in [
+            "application/json",
+            "application/octet-streams",
+            "text/plain; application/octet-stream",
+            "",
+        ] {
+            assert!(!binary(Some(no)), "{no}");
+        }
+        assert!(!binary(None));
     }
 
     /// The one pass over the headers reads what the look-ups by name read: the
