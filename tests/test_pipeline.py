@@ -155,6 +155,20 @@ def test_a_full_queue_refuses_without_reading_the_body():
         busy.join(10)
 
 
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_comes():
+    env = clean_env(EXECUTION_MODE="STDIO", WATCHDOG_CMD="cat", MAX_BODY_BYTES=1000,
+                    TIMEOUT_MS=20000)
+    with Warm(env) as w:
+        # Content-Length alone says it is too large: 413 without waiting for the
+        # body (which never comes; the socket gives up long before the deadline).
+        with socket.create_connection(("127.0.0.1", w.port), timeout=5) as s:
+            s.sendall(b"POST /invoke HTTP/1.1\r\nHost: x\r\nX-Execution-Id: big\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 1001\r\n\r\n[1")
+            head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 413"), head
+        assert b"PAYLOAD_TOO_LARGE" in head and b"MAX_BODY_BYTES=1000" in head, head
+
 # -- 4. outputs are bounded --------------------------------------------------
 
 def test_yes_as_a_stdio_function_is_output_too_large():
