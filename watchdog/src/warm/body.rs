@@ -57,11 +57,19 @@ fn invalid(message: String) -> InvokeError {
     InvokeError::new(ErrorCode::InvalidRequest, message)
 }
 
+/// The body's `Content-Length`, as hyper parsed it (its exact size hint): no
+/// second look-up of the header.
+pub(super) fn declared_length(req: &HttpRequest) -> Option<usize> {
+    req.body()
+        .size_hint()
+        .exact()
+        .and_then(|n| usize::try_from(n).ok())
+}
+
 /// The body, at most `limit` bytes, in one buffer sized from
 /// `Content-Length` when there is one (no second copy to join frames).
 async fn read(req: HttpRequest, limit: usize) -> Result<bytes::Bytes, InvokeError> {
-    // `Content-Length`, as hyper parsed it: no second look-up of the header.
-    let declared = (req.body().size_hint().exact()).and_then(|n| usize::try_from(n).ok());
+    let declared = declared_length(&req);
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }

@@ -123,12 +123,7 @@ where
 /// A POST whose declared body is small enough to read before admission.
 fn small_post(req: &HttpRequest) -> bool {
     req.method() == hyper::Method::POST
-        && req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n <= alyx::EARLY_PROBE_BYTES)
+        && super::body::declared_length(req).is_some_and(|n| n <= alyx::EARLY_PROBE_BYTES)
 }
 
 /// Reads a small body without an execution id to tell whether it is Alyx's
