@@ -24,6 +24,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from ports import free_port  # noqa: E402  (ports below the ephemeral range)
+
 POLL_S = 0.001
 BODY = b'{"input": {"message": "hello"}}'
 _CORES = sorted(os.sched_getaffinity(0))
@@ -201,10 +204,7 @@ def main():
     for _ in range(args.runs):
         if args.what == "cold":
             # A fresh port per run: no TIME_WAIT or late listener from the run before.
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            args.port = s.getsockname()[1]
-            s.close()
+            args.port = free_port()
             port = str(args.port)
             env_run = {k: v.replace("{PORT}", port) for k, v in env.items()}
             args.cmd = [a.replace("{PORT}", port) for a in cmd_template]

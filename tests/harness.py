@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json as _json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,9 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 FIXTURES = REPO / "tests" / "fixtures"
+sys.path.insert(0, str(REPO / "scripts"))
+from ports import free_port  # noqa: E402  (shared with bench/ and tests/images/)
+
 BIN = os.environ.get("WATCHDOG_BIN") or str(REPO / "target" / "debug" / "watchdog")
 
 # The interpreter running the tests, for WATCHDOG_CMD values (absolute, so the
@@ -74,34 +75,6 @@ def _request(method, url, **kw):
     with requests.Session() as session:
         session.trust_env = False
         return session.request(method, url, **kw)
-
-
-def _ephemeral_low() -> int:
-    """The first port of the kernel's ephemeral range (32768 by default)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago, from below the kernel's
-    ephemeral range. A port the kernel picks (bind to 0) is an ephemeral one, which
-    any outgoing connection may take before the process it is meant for binds it
-    (a CI run once failed so: an upstream got EADDRINUSE)."""
-    low = _ephemeral_low()
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**overrides) -> dict:

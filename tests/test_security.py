@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (BIN, FIXTURES, PY, CallbackServer, Warm, clean_env, process_tree, run_oneshot,
+from harness import (BIN, FIXTURES, PY, CallbackServer, Warm, clean_env, free_port, process_tree, run_oneshot,
                      wait_until)
 
 SEC = FIXTURES / "security"
@@ -370,10 +370,7 @@ def test_health_of_a_crash_looping_loop_child_has_no_stderr_text():
 
 def test_health_of_a_dead_http_runtime_has_no_stderr_text():
     marker = f"stderr-marker-{uuid.uuid4().hex}"
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    runtime_port = port.getsockname()[1]
-    port.close()
+    runtime_port = free_port()
     # Serves /health until the first request on /invoke... simpler: healthy for a
     # moment, then dies with a message on stderr.
     script = (

@@ -20,13 +20,15 @@ import http.client
 import http.server
 import json
 import os
-import socket
 import ssl
 import sys
 import threading
 import time
 import urllib.parse
 import zipfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts"))
+from ports import free_port  # noqa: E402  (ports below the ephemeral range)
 
 
 def serve(portfile, logfile, certfile=None, keyfile=None):
@@ -80,10 +82,7 @@ def serve(portfile, logfile, certfile=None, keyfile=None):
 
 
 def freeport():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    print(s.getsockname()[1])
-    s.close()
+    print(free_port())
 
 
 def wait_health(url, timeout_s, start_ns):
