@@ -121,3 +121,16 @@ def test_build_without_python_links_no_libpython_and_refuses_python():
                        text=True, timeout=30)
     assert r.returncode == 2
     assert "EXECUTION_MODE" in r.stderr and "without Python" in r.stderr, r.stderr
+
+
+def test_build_without_python_loads_no_libm():
+    # Its one libm function (tokio's `pow`; `log2` in a debug build) is the
+    # binary's own (watchdog/src/no_libm.rs): libm.so.6 is neither needed nor loaded.
+    nopy = os.environ.get("WATCHDOG_NOPY_BIN", str(REPO / "target" / "debug" / "watchdog-nopy"))
+    assert os.path.exists(nopy), f"{nopy} missing: build it with `cargo build -p watchdog`"
+    ldd = subprocess.run(["ldd", nopy], capture_output=True, text=True, timeout=30)
+    assert ldd.returncode == 0, ldd.stderr
+    assert "libc.so" in ldd.stdout, ldd.stdout  # a glibc build, as test.sh makes it
+    assert "libm.so" not in ldd.stdout, (
+        "the build without Python needs libm again; a libm function it now calls can "
+        "be defined in watchdog/src/no_libm.rs:\n" + ldd.stdout)

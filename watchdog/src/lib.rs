@@ -11,6 +11,8 @@ pub mod init;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "python")))]
+pub mod no_libm;
 pub mod oneshot;
 pub mod otel;
 pub mod pipeline;
