@@ -110,13 +110,19 @@ def test_version_exits_0():
     assert re.search(r"\d+\.\d+\.\d+", (cp.stdout + cp.stderr).decode()), cp.stdout
 
 
-def test_build_without_python_links_no_libpython_and_refuses_python():
+def nopy_and_its_libraries() -> tuple[str, str]:
+    """The build without Python and what `ldd` says it loads."""
     # test.sh builds this binary with `cargo build -p watchdog` (no python feature).
     nopy = os.environ.get("WATCHDOG_NOPY_BIN", str(REPO / "target" / "debug" / "watchdog-nopy"))
     assert os.path.exists(nopy), f"{nopy} missing: build it with `cargo build -p watchdog`"
     ldd = subprocess.run(["ldd", nopy], capture_output=True, text=True, timeout=30)
     assert ldd.returncode == 0, ldd.stderr
-    assert "libpython" not in ldd.stdout, ldd.stdout
+    return nopy, ldd.stdout
+
+
+def test_build_without_python_links_no_libpython_and_refuses_python():
+    nopy, libraries = nopy_and_its_libraries()
+    assert "libpython" not in libraries, libraries
     r = subprocess.run([nopy], env=clean_env(EXECUTION_MODE="PYTHON"), capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2
@@ -126,11 +132,8 @@ def test_build_without_python_links_no_libpython_and_refuses_python():
 def test_build_without_python_loads_no_libm():
     # Its one libm function (tokio's `pow`; `log2` in a debug build) is the
     # binary's own (watchdog/src/no_libm.rs): libm.so.6 is neither needed nor loaded.
-    nopy = os.environ.get("WATCHDOG_NOPY_BIN", str(REPO / "target" / "debug" / "watchdog-nopy"))
-    assert os.path.exists(nopy), f"{nopy} missing: build it with `cargo build -p watchdog`"
-    ldd = subprocess.run(["ldd", nopy], capture_output=True, text=True, timeout=30)
-    assert ldd.returncode == 0, ldd.stderr
-    assert "libc.so" in ldd.stdout, ldd.stdout  # a glibc build, as test.sh makes it
-    assert "libm.so" not in ldd.stdout, (
+    _, libraries = nopy_and_its_libraries()
+    assert "libc.so" in libraries, libraries  # a glibc build, as test.sh makes it
+    assert "libm.so" not in libraries, (
         "the build without Python needs libm again; a libm function it now calls can "
-        "be defined in watchdog/src/no_libm.rs:\n" + ldd.stdout)
+        "be defined in watchdog/src/no_libm.rs:\n" + libraries)
