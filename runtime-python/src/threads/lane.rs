@@ -82,7 +82,7 @@ thread_local! {
 impl Lane {
     /// Runs `call` in the lane if it may (see the module's doc), or hands it back for
     /// the threads.
-    pub(super) fn try_run(&self, pool: &Arc<Pool>, call: Call) -> Option<Call> {
+    pub(super) fn try_run(&self, pool: &Arc<Pool>, call: Box<Call>) -> Option<Box<Call>> {
         let open = self.on_threads.load(Ordering::Acquire) == 0
             && Duration::from_nanos(self.recent_ns.load(Ordering::Relaxed)) < QUICK
             && pool.loaded.plain.load(Ordering::Relaxed)
@@ -220,7 +220,7 @@ impl Drop for Leave<'_> {
 
 impl Pool {
     /// Runs `call` on this thread, on its lane slot (made on its first call).
-    fn run_here(self: &Arc<Pool>, call: Call) -> Option<super::Answer> {
+    fn run_here(self: &Arc<Pool>, call: Box<Call>) -> Option<super::Answer> {
         HERE.with(|here| {
             let mut here = here.borrow_mut();
             let answer = Python::attach(|py| {

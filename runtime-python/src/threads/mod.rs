@@ -60,15 +60,14 @@ pub(crate) struct Loaded {
     is_generator: bool,
 }
 
-// Load is sent once per process (Reload once per change); boxing Invoke would cost an
-// allocation per call.
-#[allow(clippy::large_enum_variant)]
 enum Job {
     /// Initialise `ember`, import the module, find the function.
     Load(oneshot::Sender<Result<(), InvokeError>>),
     /// Import the module afresh and swap the handler (`RELOAD`).
     Reload(oneshot::Sender<Result<(), InvokeError>>),
-    Invoke(Call),
+    /// Boxed: a call (its `Invocation` is some 300 bytes) moves from the caller to the
+    /// lane or the queue and on to a thread as a pointer, not copied at every step.
+    Invoke(Box<Call>),
     /// Stay out of work while a lane call runs past the caller's end (see
     /// [`Pending`]): a thread's worth of capacity, as a thread's own call would hold.
     Hold(Arc<Slot>, u64),
@@ -371,11 +370,11 @@ impl Pool {
         let deadline = inv.deadline;
         let execution_id = inv.execution_id.clone();
         let (tx, rx) = oneshot::channel();
-        let call = Call {
+        let call = Box::new(Call {
             seq,
             inv,
             reply: tx,
-        };
+        });
         if let Some(call) = self.lane.try_run(self, call) {
             self.lane.queued();
             if let Err(e) = self.send(Job::Invoke(call)) {
@@ -568,10 +567,10 @@ impl Pool {
         self: &Arc<Pool>,
         py: Python<'_>,
         slot: &Slot,
-        call: Call,
+        call: Box<Call>,
         held: &mut Held,
     ) -> Option<Answer> {
-        let Call { seq, inv, reply } = call;
+        let Call { seq, inv, reply } = *call;
         let Some(loaded) = self.loaded.get(held) else {
             let not_loaded =
                 InvokeError::new(ErrorCode::NotReady, "the Python handler is not loaded");
