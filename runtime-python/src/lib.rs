@@ -36,6 +36,7 @@ mod signals;
 mod threads;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -78,6 +79,8 @@ pub struct PythonHandler {
     pool: Arc<Pool>,
     slots: usize,
     state: Mutex<State>,
+    /// `state` is `Ready`, for good: set with it, read without its lock.
+    ready: AtomicBool,
 }
 
 impl PythonHandler {
@@ -86,6 +89,7 @@ impl PythonHandler {
             slots: cfg.slots,
             pool: Pool::new(cfg),
             state: Mutex::new(State::NotStarted),
+            ready: AtomicBool::new(false),
         }
     }
 
@@ -95,6 +99,11 @@ impl PythonHandler {
 
     /// Whether invocations may run: the handler is loaded.
     fn loaded(&self) -> Result<(), InvokeError> {
+        // Once ready, always ready (a failed reload keeps the handler serving): no lock
+        // per call.
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*self.state() {
             State::Ready => Ok(()),
             State::Failed(e) => Err(e.clone()),
@@ -134,6 +143,7 @@ impl Handler for PythonHandler {
                 Ok(()) => State::Ready,
                 Err(e) => State::Failed(e.clone()),
             };
+            self.ready.store(loaded.is_ok(), Ordering::Release);
             loaded
         })
     }
@@ -143,15 +153,17 @@ impl Handler for PythonHandler {
     fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult> {
         Box::pin(async move {
             self.loaded()?;
-            self.pool.invoke(inv).await
+            self.pool.clone().invoke(inv).await
         })
     }
 
     fn invoke_shared(self: Arc<Self>, inv: Invocation) -> BoxFuture<'static, InvokeResult> {
-        Box::pin(async move {
-            self.loaded()?;
-            self.pool.invoke(inv).await
-        })
+        // Checked before boxing, so that the box holds the pool's future alone: a
+        // state around it would be moved into the box too, and the call moved again.
+        if let Err(e) = self.loaded() {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        Box::pin(self.pool.clone().invoke(inv))
     }
 
     /// Imports the module afresh and swaps the handler in; an import error leaves the
@@ -167,6 +179,7 @@ impl Handler for PythonHandler {
             let reloaded = self.pool.reload().await;
             if failed_start && reloaded.is_ok() {
                 *self.state() = State::Ready;
+                self.ready.store(true, Ordering::Release);
             }
             reloaded
         })

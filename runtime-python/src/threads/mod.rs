@@ -365,7 +365,9 @@ impl Pool {
     }
 
     /// Runs one invocation on a Python thread; ends by the deadline whatever Python does.
-    pub(crate) async fn invoke(self: &Arc<Pool>, inv: Invocation) -> InvokeResult {
+    /// Takes the pool by value: the caller boxes this future alone, with no state of its
+    /// own around it to move the call through.
+    pub(crate) async fn invoke(self: Arc<Pool>, inv: Invocation) -> InvokeResult {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let deadline = inv.deadline;
         let execution_id = inv.execution_id.clone();
@@ -375,7 +377,7 @@ impl Pool {
             inv,
             reply: tx,
         });
-        if let Some(call) = self.lane.try_run(self, call) {
+        if let Some(call) = self.lane.try_run(&self, call) {
             self.lane.queued();
             if let Err(e) = self.send(Job::Invoke(call)) {
                 self.lane.dequeued();
@@ -383,7 +385,7 @@ impl Pool {
             }
         }
         let mut pending = Pending {
-            pool: self,
+            pool: &self,
             seq,
             execution_id,
             deadline,

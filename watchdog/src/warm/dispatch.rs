@@ -50,13 +50,15 @@ impl Service<Accepted> for Dispatch {
     fn call(&mut self, accepted: Accepted) -> Self::Future {
         let (reply, answer) = oneshot::channel();
         let cold_start = accepted.inv.cold_start;
-        let run: BoxFuture<'static, ()> =
-            Box::pin(execute(self.state.clone(), accepted, reply).in_current_span());
+        // Boxed bare and entered in its span when polled: wrapped in the span
+        // first (`in_current_span`), the whole future would be moved twice.
+        let run: BoxFuture<'static, ()> = Box::pin(execute(self.state.clone(), accepted, reply));
+        let span = tracing::Span::current();
         let run = if self.state.handler.runs_detached() {
-            spawn(run);
-            Owned(None)
+            spawn(run.instrument(span));
+            Owned(None, tracing::Span::none())
         } else {
-            Owned(Some(run))
+            Owned(Some(run), span)
         };
         Answering {
             run,
@@ -72,12 +74,12 @@ impl Service<Accepted> for Dispatch {
 /// all of it when the response is dropped first (the client went away), runs
 /// on as a task of its own: the watchdog owns it, not the connection. Empty
 /// when the runner asked for a task from the start (`Handler::runs_detached`).
-struct Owned(Option<BoxFuture<'static, ()>>);
+struct Owned(Option<BoxFuture<'static, ()>>, tracing::Span);
 
 impl Drop for Owned {
     fn drop(&mut self) {
         if let Some(run) = self.0.take() {
-            spawn(run);
+            spawn(run.instrument(std::mem::replace(&mut self.1, tracing::Span::none())));
         }
     }
 }
@@ -99,7 +101,10 @@ impl Future for Answering {
         if let Some(run) = this.run.0.as_mut() {
             // A panic here is contained as it was in a task of its own: the
             // invocation is dropped, and its dropped sender tells the caller.
-            let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
+            let polled = {
+                let _entered = this.run.1.enter();
+                catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)))
+            };
             if !matches!(polled, Ok(Poll::Pending)) {
                 this.run.0 = None;
             }
@@ -125,7 +130,10 @@ impl Future for Answering {
             ))
         });
         // What is left of the invocation goes on as a task of its own.
-        drop(std::mem::replace(&mut this.run, Owned(None)));
+        drop(std::mem::replace(
+            &mut this.run,
+            Owned(None, tracing::Span::none()),
+        ));
         Poll::Ready(Ok(Outcome::Completed {
             result,
             cold_start: this.cold_start,
@@ -133,7 +141,7 @@ impl Future for Answering {
     }
 }
 
-fn spawn(run: BoxFuture<'static, ()>) {
+fn spawn(run: impl Future<Output = ()> + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => drop(runtime.spawn(run)),
         // Only when the runtime itself is going away, and its invocations with it.
@@ -394,12 +402,15 @@ mod tests {
             Arc::new(AtomicBool::new(false)),
         );
         let (e, s) = (ended.clone(), seen.clone());
-        let run = Owned(Some(Box::pin(async move {
-            let _ = wait.await;
-            // As `execute` does, it sees that nobody waits for the answer.
-            s.store(reply.send(result()).is_err(), Ordering::SeqCst);
-            e.store(true, Ordering::SeqCst);
-        })));
+        let run = Owned(
+            Some(Box::pin(async move {
+                let _ = wait.await;
+                // As `execute` does, it sees that nobody waits for the answer.
+                s.store(reply.send(result()).is_err(), Ordering::SeqCst);
+                e.store(true, Ordering::SeqCst);
+            })),
+            tracing::Span::none(),
+        );
         let response = tokio::time::timeout(Duration::from_millis(20), answered(run, answer));
         assert!(response.await.is_err(), "no answer yet");
         go.send(()).unwrap();
@@ -417,11 +428,14 @@ mod tests {
         let (go, wait) = oneshot::channel::<()>();
         let ended = Arc::new(AtomicBool::new(false));
         let e = ended.clone();
-        let run = Owned(Some(Box::pin(async move {
-            let _ = reply.send(result());
-            let _ = wait.await;
-            e.store(true, Ordering::SeqCst);
-        })));
+        let run = Owned(
+            Some(Box::pin(async move {
+                let _ = reply.send(result());
+                let _ = wait.await;
+                e.store(true, Ordering::SeqCst);
+            })),
+            tracing::Span::none(),
+        );
         let got = answered(run, answer).await;
         assert_eq!(got.unwrap_err().message, "the answer");
         assert!(!ended.load(Ordering::SeqCst));
@@ -433,10 +447,13 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_the_invocation_still_answers_its_caller() {
         let (reply, answer) = oneshot::channel();
-        let run = Owned(Some(Box::pin(async move {
-            let _reply = reply;
-            panic!("a bug outside the pipeline");
-        })));
+        let run = Owned(
+            Some(Box::pin(async move {
+                let _reply = reply;
+                panic!("a bug outside the pipeline");
+            })),
+            tracing::Span::none(),
+        );
         let got = answered(run, answer).await.unwrap_err();
         assert!(
             got.message.contains("ended without a result"),
@@ -449,9 +466,12 @@ mod tests {
     #[tokio::test]
     async fn a_quick_invocation_answers_in_one_poll() {
         let (reply, answer) = oneshot::channel();
-        let run = Owned(Some(Box::pin(async move {
-            let _ = reply.send(result());
-        })));
+        let run = Owned(
+            Some(Box::pin(async move {
+                let _ = reply.send(result());
+            })),
+            tracing::Span::none(),
+        );
         let got = futures_util::FutureExt::now_or_never(answered(run, answer));
         assert!(matches!(got, Some(Err(e)) if e.message == "the answer"));
     }
