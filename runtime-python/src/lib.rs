@@ -97,6 +97,24 @@ impl PythonHandler {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Sets the state, and `ready` with it.
+    fn set_state(&self, state: State) {
+        let mut current = self.state();
+        self.ready
+            .store(matches!(state, State::Ready), Ordering::Release);
+        *current = state;
+    }
+
+    /// One invocation, boxed: the handler is checked first, so that the box holds the
+    /// pool's future alone (a state around it would be moved into the box too, and the
+    /// call moved again on the first poll).
+    fn call(&self, inv: Invocation) -> BoxFuture<'static, InvokeResult> {
+        if let Err(e) = self.loaded() {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        Box::pin(self.pool.clone().invoke(inv))
+    }
+
     /// Whether invocations may run: the handler is loaded.
     fn loaded(&self) -> Result<(), InvokeError> {
         // Once ready, always ready (a failed reload keeps the handler serving): no lock
@@ -139,31 +157,20 @@ impl Handler for PythonHandler {
                 }
             }
             let loaded = self.pool.start().await;
-            *self.state() = match &loaded {
+            self.set_state(match &loaded {
                 Ok(()) => State::Ready,
                 Err(e) => State::Failed(e.clone()),
-            };
-            self.ready.store(loaded.is_ok(), Ordering::Release);
+            });
             loaded
         })
     }
 
-    // The same body twice, each written in its box: a shared async fn's future
-    // would be built apart and copied in (about 500 instructions a call).
     fn invoke(&self, inv: Invocation) -> BoxFuture<'_, InvokeResult> {
-        Box::pin(async move {
-            self.loaded()?;
-            self.pool.clone().invoke(inv).await
-        })
+        self.call(inv)
     }
 
     fn invoke_shared(self: Arc<Self>, inv: Invocation) -> BoxFuture<'static, InvokeResult> {
-        // Checked before boxing, so that the box holds the pool's future alone: a
-        // state around it would be moved into the box too, and the call moved again.
-        if let Err(e) = self.loaded() {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        Box::pin(self.pool.clone().invoke(inv))
+        self.call(inv)
     }
 
     /// Imports the module afresh and swaps the handler in; an import error leaves the
@@ -178,8 +185,7 @@ impl Handler for PythonHandler {
             };
             let reloaded = self.pool.reload().await;
             if failed_start && reloaded.is_ok() {
-                *self.state() = State::Ready;
-                self.ready.store(true, Ordering::Release);
+                self.set_state(State::Ready);
             }
             reloaded
         })

@@ -56,7 +56,7 @@ impl Service<Accepted> for Dispatch {
         let span = tracing::Span::current();
         let run = if self.state.handler.runs_detached() {
             spawn(run.instrument(span));
-            Owned(None, tracing::Span::none())
+            Owned::done()
         } else {
             Owned(Some(run), span)
         };
@@ -75,6 +75,13 @@ impl Service<Accepted> for Dispatch {
 /// on as a task of its own: the watchdog owns it, not the connection. Empty
 /// when the runner asked for a task from the start (`Handler::runs_detached`).
 struct Owned(Option<BoxFuture<'static, ()>>, tracing::Span);
+
+impl Owned {
+    /// Nothing left to run here.
+    fn done() -> Owned {
+        Owned(None, tracing::Span::none())
+    }
+}
 
 impl Drop for Owned {
     fn drop(&mut self) {
@@ -130,10 +137,7 @@ impl Future for Answering {
             ))
         });
         // What is left of the invocation goes on as a task of its own.
-        drop(std::mem::replace(
-            &mut this.run,
-            Owned(None, tracing::Span::none()),
-        ));
+        drop(std::mem::replace(&mut this.run, Owned::done()));
         Poll::Ready(Ok(Outcome::Completed {
             result,
             cold_start: this.cold_start,
@@ -379,6 +383,11 @@ mod tests {
         panic!("the invocation did not run to its end");
     }
 
+    /// An invocation to poll on the response's side, outside any span.
+    fn owned(run: impl Future<Output = ()> + Send + 'static) -> Owned {
+        Owned(Some(Box::pin(run)), tracing::Span::none())
+    }
+
     /// What the response gets from an invocation polled on its side.
     async fn answered(run: Owned, answer: oneshot::Receiver<InvokeResult>) -> InvokeResult {
         let answering = Answering {
@@ -402,15 +411,12 @@ mod tests {
             Arc::new(AtomicBool::new(false)),
         );
         let (e, s) = (ended.clone(), seen.clone());
-        let run = Owned(
-            Some(Box::pin(async move {
-                let _ = wait.await;
-                // As `execute` does, it sees that nobody waits for the answer.
-                s.store(reply.send(result()).is_err(), Ordering::SeqCst);
-                e.store(true, Ordering::SeqCst);
-            })),
-            tracing::Span::none(),
-        );
+        let run = owned(async move {
+            let _ = wait.await;
+            // As `execute` does, it sees that nobody waits for the answer.
+            s.store(reply.send(result()).is_err(), Ordering::SeqCst);
+            e.store(true, Ordering::SeqCst);
+        });
         let response = tokio::time::timeout(Duration::from_millis(20), answered(run, answer));
         assert!(response.await.is_err(), "no answer yet");
         go.send(()).unwrap();
@@ -428,14 +434,11 @@ mod tests {
         let (go, wait) = oneshot::channel::<()>();
         let ended = Arc::new(AtomicBool::new(false));
         let e = ended.clone();
-        let run = Owned(
-            Some(Box::pin(async move {
-                let _ = reply.send(result());
-                let _ = wait.await;
-                e.store(true, Ordering::SeqCst);
-            })),
-            tracing::Span::none(),
-        );
+        let run = owned(async move {
+            let _ = reply.send(result());
+            let _ = wait.await;
+            e.store(true, Ordering::SeqCst);
+        });
         let got = answered(run, answer).await;
         assert_eq!(got.unwrap_err().message, "the answer");
         assert!(!ended.load(Ordering::SeqCst));
@@ -447,13 +450,10 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_the_invocation_still_answers_its_caller() {
         let (reply, answer) = oneshot::channel();
-        let run = Owned(
-            Some(Box::pin(async move {
-                let _reply = reply;
-                panic!("a bug outside the pipeline");
-            })),
-            tracing::Span::none(),
-        );
+        let run = owned(async move {
+            let _reply = reply;
+            panic!("a bug outside the pipeline");
+        });
         let got = answered(run, answer).await.unwrap_err();
         assert!(
             got.message.contains("ended without a result"),
@@ -466,12 +466,9 @@ mod tests {
     #[tokio::test]
     async fn a_quick_invocation_answers_in_one_poll() {
         let (reply, answer) = oneshot::channel();
-        let run = Owned(
-            Some(Box::pin(async move {
-                let _ = reply.send(result());
-            })),
-            tracing::Span::none(),
-        );
+        let run = owned(async move {
+            let _ = reply.send(result());
+        });
         let got = futures_util::FutureExt::now_or_never(answered(run, answer));
         assert!(matches!(got, Some(Err(e)) if e.message == "the answer"));
     }
