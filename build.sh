@@ -83,6 +83,12 @@ if [[ $CARGO == 1 ]]; then
   cc_var=CC_${STATIC_TARGET//-/_}
   [[ -n "${!cc_var:-}" ]] || command -v "$musl_cc" >/dev/null 2>&1 \
     || die "$musl_cc not found: the static build compiles C (ring, mimalloc) for musl; install it with 'apt-get install musl-tools' (or set $cc_var)"
+  if [[ "${EMBER_PGO:-0}" == 1 ]]; then
+    # Opt-in: optimized with the committed profile (scripts/pgo; README "Building").
+    flags=$(scripts/pgo-flags) || die "EMBER_PGO=1, but scripts/pgo-flags gave no flags (above)"
+    export CARGO_ENCODED_RUSTFLAGS=$flags
+    log "EMBER_PGO=1: building with watchdog/pgo.profdata"
+  fi
   log "cargo build --release -p watchdog --target $STATIC_TARGET"
   cargo build --release -p watchdog --target "$STATIC_TARGET"
   cp "$TARGET_DIR/$STATIC_TARGET/release/watchdog" dist/watchdog
