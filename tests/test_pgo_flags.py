@@ -4,6 +4,8 @@ Runs the script in a copy of the tree's layout with a stand-in `rustc`, except t
 last two tests, which check the committed profile against this machine's rustc."""
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import shutil
 import stat
@@ -102,3 +104,14 @@ def test_committed_profile_is_read_by_rustc(tmp_path):
     # An unreadable profile is only a warning ("invalid instrumentation profile data").
     assert "warning" not in build.stderr, build.stderr
     assert subprocess.run([str(tmp_path / "main")], capture_output=True, text=True).stdout == "ok\n"
+
+
+def test_pgo_script_loads_and_records_this_rustcs_llvm():
+    """scripts/pgo (which takes minutes to run) at least loads, with scripts/hot-text
+    whose workloads it runs, and reads the LLVM version the profile was written by."""
+    path = str(REPO / "scripts" / "pgo")
+    loader = importlib.machinery.SourceFileLoader("pgo_script", path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("pgo_script", loader))
+    loader.exec_module(module)
+    assert callable(module.hot_text.workloads)
+    assert module.rustc_llvm() == (REPO / "watchdog" / "pgo.llvm").read_text().strip()
