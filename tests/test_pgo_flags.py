@@ -114,4 +114,4 @@ def test_pgo_script_loads_and_records_this_rustcs_llvm():
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader("pgo_script", loader))
     loader.exec_module(module)
     assert callable(module.hot_text.workloads)
-    assert module.rustc_llvm() == (REPO / "watchdog" / "pgo.llvm").read_text().strip()
+    assert module.rustc_llvm(module.rustc_vv()) == (REPO / "watchdog" / "pgo.llvm").read_text().strip()
